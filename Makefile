@@ -1,0 +1,26 @@
+# Quick start: `make demo` (the main job) and `make test`. Both create .venv and install the package
+# into it when needed; the stamp makes a second run skip straight to the work.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/benchmark.py
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,142 @@
+"""CARAFE in plain PyTorch ops: the path for CPUs, float64, and TorchScript/ONNX export.
+
+The widely copied formulation unfolds the input into a tensor k² times its size and multiplies it with the
+masks. This one never does: channels are processed in chunks whose accumulator stays near cache size, and
+each chunk adds up the k² taps as shifted multiply-adds. Work happens in an (N, c, s, s, H, W) layout, the
+low-resolution grid innermost, so every op streams over contiguous rows; float16/bfloat16 accumulate in
+float32. The backward pass is written out too (autograd through the tap loop is ~3× slower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import is_exporting
+
+# Elements per chunk accumulator (8 MiB in float32): large enough to amortise per-op overhead,
+# small enough to stay close to the cache of one core.
+CHUNK_ELEMENTS = 1 << 21
+
+
+def carafe_torch(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """CARAFE with standard ops. Inputs are checked by the caller and share one dtype."""
+    if is_exporting():
+        # Tracers record the ops themselves; autograd (if any) runs through them.
+        return _reassemble(features, masks, kernel_size, group_size, scale_factor)
+    return _CarafeFunction.apply(features, masks, kernel_size, group_size, scale_factor)
+
+
+class _CarafeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+        ctx.save_for_backward(features, masks)
+        ctx.config = (kernel_size, group_size, scale_factor)
+        return _reassemble(features, masks, kernel_size, group_size, scale_factor)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        features, masks = ctx.saved_tensors
+        want_features, want_masks = ctx.needs_input_grad[:2]
+        grads = _reassemble_backward(grad_out, features, masks, *ctx.config, want_features, want_masks)
+        return (*grads, None, None, None)
+
+
+def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _channel_chunks(
+    channels: int, groups: int, elements_per_channel: int, whole_groups: bool
+) -> Iterator[tuple[int, int, int]]:
+    """Yield (group, first channel, end channel): balanced chunks that never straddle a group."""
+    per_group = channels // groups
+    limit = per_group if whole_groups else max(1, CHUNK_ELEMENTS // max(1, elements_per_channel))
+    n_chunks = -(-per_group // limit)
+    size = -(-per_group // n_chunks)
+    for group in range(groups):
+        end = (group + 1) * per_group
+        for start in range(group * per_group, end, size):
+            yield group, start, min(start + size, end)
+
+
+def _masks_by_tap(masks: Tensor, kernel_size: int, group_size: int, scale_factor: int, dtype: torch.dtype) -> Tensor:
+    """(N, G·k², sH, sW) -> (N, G, k², s, s, H, W), contiguous, so each tap is a low-resolution stack."""
+    n, _, out_h, out_w = masks.shape
+    s = scale_factor
+    grid = masks.reshape(n, group_size, kernel_size**2, out_h // s, s, out_w // s, s)
+    return grid.permute(0, 1, 2, 4, 6, 3, 5).contiguous().to(dtype)
+
+
+def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    n, channels, height, width = features.shape
+    k, s = kernel_size, scale_factor
+    r = (k - 1) // 2
+    acc_dtype = _accumulator_dtype(features.dtype)
+    padded = F.pad(features, (r, r, r, r))
+    taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
+    # Exporters get one chunk per group: a compact graph matters more there than cache reuse.
+    exporting = is_exporting()
+    chunks = _channel_chunks(channels, group_size, n * s * s * height * width, whole_groups=exporting)
+
+    pieces = []
+    out = None if exporting else features.new_empty(n, channels, height * s, width * s)
+    for group, start, end in chunks:
+        window = padded[:, start:end, None, None].to(acc_dtype)  # (N, c, 1, 1, H+2r, W+2r)
+        acc = window.new_zeros(n, end - start, s, s, height, width)
+        for tap in range(k * k):
+            i, j = divmod(tap, k)
+            acc.addcmul_(window[..., i : i + height, j : j + width], taps[:, group, tap, None])
+        blocks = acc.permute(0, 1, 4, 2, 5, 3)  # (N, c, H, s, W, s): the output's memory order
+        if out is None:
+            pieces.append(blocks.reshape(n, end - start, height * s, width * s).to(features.dtype))
+        else:
+            out[:, start:end].view(n, end - start, height, s, width, s).copy_(blocks)
+    return torch.cat(pieces, dim=1) if out is None else out
+
+
+def _reassemble_backward(
+    grad_out: Tensor,
+    features: Tensor,
+    masks: Tensor,
+    kernel_size: int,
+    group_size: int,
+    scale_factor: int,
+    want_features: bool,
+    want_masks: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of the reassembly w.r.t. features and masks (None where not wanted).
+
+    grad_features[c, h+i-r, w+j-r] += Σ_{s×s block of (h, w)} grad_out · mask_tap(i, j)
+    grad_masks[tap(i, j), oh, ow]  = Σ_{c in group} grad_out[c, oh, ow] · features[c, oh//s+i-r, ow//s+j-r]
+    """
+    n, channels, height, width = features.shape
+    k, s = kernel_size, scale_factor
+    r = (k - 1) // 2
+    acc_dtype = _accumulator_dtype(features.dtype)
+    padded = F.pad(features, (r, r, r, r))
+    taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
+    grad_padded = torch.zeros_like(padded, dtype=acc_dtype) if want_features else None
+    grad_taps = torch.zeros_like(taps) if want_masks else None
+
+    for group, start, end in _channel_chunks(channels, group_size, n * s * s * height * width, whole_groups=False):
+        blocks = grad_out[:, start:end].reshape(n, end - start, height, s, width, s)
+        blocks = blocks.permute(0, 1, 3, 5, 2, 4).contiguous().to(acc_dtype)
+        window = padded[:, start:end].to(acc_dtype)
+        for tap in range(k * k):
+            i, j = divmod(tap, k)
+            if grad_padded is not None:
+                grad_padded[:, start:end, i : i + height, j : j + width] += (blocks * taps[:, group, tap, None]).sum((2, 3))
+            if grad_taps is not None:
+                shifted = window[:, :, None, None, i : i + height, j : j + width]
+                grad_taps[:, group, tap] += (blocks * shifted).sum(1)
+
+    grad_features = grad_masks = None
+    if grad_padded is not None:
+        grad_features = grad_padded[:, :, r : r + height, r : r + width].to(features.dtype)
+    if grad_taps is not None:
+        grad_masks = grad_taps.permute(0, 1, 2, 5, 3, 6, 4).reshape(masks.shape).to(masks.dtype)
+    return grad_features, grad_masks

@@ -1,0 +1,42 @@
+"""The functional CARAFE operator."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import check_carafe_inputs
+from .backends import select_backend
+
+
+def carafe(features: Tensor, masks: Tensor, kernel_size: int, group_size: int = 1, scale_factor: int = 2) -> Tensor:
+    r"""Content-aware reassembly of features (CARAFE, Wang et al., ICCV 2019), mmcv's convention.
+
+    Each output pixel is a weighted sum of the k×k input neighbourhood around its source pixel:
+
+    .. math::
+        out[n, c, o_h, o_w] = \sum_{i,j<k} X[n, c, o_h/\!/s + i - r, o_w/\!/s + j - r]
+                              \cdot M[n, g(c) k^2 + i k + j, o_h, o_w]
+
+    with r = (k - 1) / 2 and g(c) the group of channel c (contiguous blocks of C / G channels). Taps that
+    fall outside the input count as zero; the weights are not renormalised.
+
+    Args:
+        features (Tensor[N, C, H, W]): the features to upsample.
+        masks (Tensor[N, group_size * kernel_size**2, H * scale_factor, W * scale_factor]): reassembly
+            weights, usually softmax-normalised over each group's k² taps.
+        kernel_size (int): odd reassembly window k >= 1.
+        group_size (int): number of channel groups G sharing a mask; must divide C. Default: 1.
+        scale_factor (int): integer upsampling factor s >= 1. Default: 2.
+
+    Returns:
+        Tensor[N, C, H * scale_factor, W * scale_factor] in the dtype of ``features``.
+
+    Mixed floating dtypes are accepted (autocast hands float16 features with float32 masks): the op
+    computes in the wider of the two and returns the features' dtype. Differentiable w.r.t. both inputs.
+    """
+    check_carafe_inputs(features, masks, kernel_size, group_size, scale_factor)
+    compute_dtype = torch.promote_types(features.dtype, masks.dtype)
+    backend = select_backend(features)
+    out = backend(features.to(compute_dtype), masks.to(compute_dtype), kernel_size, group_size, scale_factor)
+    return out.to(features.dtype)

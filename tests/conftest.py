@@ -1,0 +1,20 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def random_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch.float64, requires_grad=False):
+    """Features and softmax-normalised masks for one CARAFE call."""
+    features = torch.randn(n, channels, height, width, dtype=dtype)
+    logits = torch.randn(n, groups, kernel * kernel, height * scale, width * scale, dtype=dtype)
+    masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, height * scale, width * scale)
+    return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)

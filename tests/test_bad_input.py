@@ -1,0 +1,101 @@
+"""Every wrong argument fails up front with an error that names it and says what was expected."""
+
+import pytest
+import torch
+
+from carafe_ultra import CARAFE, carafe
+
+
+def good():
+    return torch.randn(2, 4, 5, 6), torch.rand(2, 2 * 9, 10, 12)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        ({"kernel_size": 4}, ValueError, "kernel_size must be odd"),
+        ({"kernel_size": 0}, ValueError, "kernel_size must be >= 1"),
+        ({"kernel_size": -3}, ValueError, "kernel_size must be >= 1"),
+        ({"kernel_size": 3.0}, TypeError, "kernel_size must be an int"),
+        ({"kernel_size": True}, TypeError, "kernel_size must be an int"),
+        ({"scale_factor": 1.5}, TypeError, "scale_factor must be an int"),
+        ({"scale_factor": 0}, ValueError, "scale_factor must be >= 1"),
+        ({"group_size": 0}, ValueError, "group_size must be >= 1"),
+        ({"group_size": 3}, ValueError, r"features channels \(4\) must be divisible by group_size \(3\)"),
+    ],
+)
+def test_bad_arguments(kwargs, error, pattern):
+    features, masks = good()
+    args = {"kernel_size": 3, "group_size": 2, "scale_factor": 2} | kwargs
+    with pytest.raises(error, match=pattern):
+        carafe(features, masks, **args)
+
+
+def test_masks_with_wrong_channel_count_or_size():
+    features, masks = good()
+    with pytest.raises(ValueError, match=r"masks must have shape .*\(N, 18, 10, 12\).*got \(2, 9, 10, 12\)"):
+        carafe(features, masks[:, :9], 3, 2, 2)
+    with pytest.raises(ValueError, match=r"masks must have shape .*got \(2, 18, 10, 11\)"):
+        carafe(features, masks[..., :11], 3, 2, 2)
+    with pytest.raises(ValueError, match=r"masks must have shape"):
+        carafe(features, masks, 3, 2, 3)  # right masks for scale 2, not for scale 3
+
+
+def test_non_4d_tensors():
+    features, masks = good()
+    with pytest.raises(ValueError, match=r"features must be 4-D \(N, C, H, W\), got shape \(4, 5, 6\)"):
+        carafe(features[0], masks, 3, 2, 2)
+    with pytest.raises(ValueError, match=r"masks must be 4-D"):
+        carafe(features, masks[None], 3, 2, 2)
+
+
+def test_not_tensors():
+    features, masks = good()
+    with pytest.raises(TypeError, match="features must be a torch.Tensor, got ndarray"):
+        carafe(features.numpy(), masks, 3, 2, 2)
+    with pytest.raises(TypeError, match="masks must be a torch.Tensor, got list"):
+        carafe(features, [1.0], 3, 2, 2)
+
+
+def test_batch_mismatch():
+    features, masks = good()
+    with pytest.raises(ValueError, match=r"masks batch size \(1\) must match features batch size \(2\)"):
+        carafe(features, masks[:1], 3, 2, 2)
+
+
+def test_non_floating_dtypes():
+    features, masks = good()
+    with pytest.raises(TypeError, match="features must have a floating dtype.*got torch.int64"):
+        carafe(features.long(), masks, 3, 2, 2)
+    with pytest.raises(TypeError, match="masks must have a floating dtype.*got torch.bool"):
+        carafe(features, masks > 0.5, 3, 2, 2)
+
+
+def test_different_devices():
+    features, masks = good()
+    with pytest.raises(ValueError, match="features and masks must be on the same device, got cpu and meta"):
+        carafe(features, masks.to("meta"), 3, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        ({"c1": 0}, ValueError, "c1 must be >= 1"),
+        ({"c1": 64.0}, TypeError, "c1 must be an int"),
+        ({"c2": -1}, ValueError, "c2 must be >= 1"),
+        ({"kernel_size": 2}, ValueError, "kernel_size must be odd"),
+        ({"up_factor": 2.5}, TypeError, "up_factor must be an int"),
+        ({"up_factor": 0}, ValueError, "up_factor must be >= 1"),
+        ({"encoder_kernel": 4}, ValueError, "encoder_kernel must be odd"),
+        ({"compressed_channels": 0}, ValueError, "compressed_channels must be >= 1"),
+        ({"groups": 3}, ValueError, r"output channels \(c2\) \(64\) must be divisible by groups \(3\)"),
+    ],
+)
+def test_module_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        CARAFE(**({"c1": 64} | kwargs))
+
+
+def test_module_wrong_input_channels():
+    with pytest.raises(ValueError, match=r"CARAFE expects input of shape \(N, 8, H, W\), got \(1, 4, 5, 5\)"):
+        CARAFE(8)(torch.randn(1, 4, 5, 5))

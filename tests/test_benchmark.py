@@ -1,0 +1,43 @@
+"""The CPU benchmark runs end to end, and its baseline computes the same thing as the op."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from conftest import random_inputs
+from reference import carafe_reference
+
+from carafe_ultra.baselines import unfold_matmul_carafe
+from carafe_ultra.benchmark import Case, PeakMemory, cpu_reassembly_comparison, format_cpu_comparison
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_unfold_matmul_baseline_is_correct():
+    features, masks = random_inputs(2, 3, 4, 5, 5, 1, 3)
+    torch.testing.assert_close(unfold_matmul_carafe(features, masks, 5, 3), carafe_reference(features, masks, 5, 1, 3))
+
+
+def test_peak_memory_sees_a_large_allocation():
+    meter = PeakMemory()
+    peak = meter.measure(lambda: torch.ones(64, 2**20 // 4))  # 64 MiB, touched
+    assert 60 * 2**20 < peak < 80 * 2**20
+
+
+def test_comparison_reports_every_mode():
+    result = cpu_reassembly_comparison(Case(n=1, channels=32, height=16, width=16, kernel=3), repeats=1)
+    for mode in ("forward", "forward_backward"):
+        assert set(result[mode]) == {"median_ms", "speedup", "peak_added_mib", "memory_ratio"}
+        assert result[mode]["speedup"] > 0 and result[mode]["memory_ratio"] > 0
+    assert "forward_backward" in format_cpu_comparison(result)
+
+
+def test_script_writes_json(tmp_path):
+    out = tmp_path / "cpu.json"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--repeats", "1", "--json", str(out), "--small"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "speedup" in run.stdout and out.exists()

@@ -1,0 +1,143 @@
+"""The functional op against the float64 reference: values, gradients, dtypes, layouts, edge cases."""
+
+import pytest
+import torch
+from conftest import random_inputs
+from reference import carafe_reference
+
+from carafe_ultra import carafe
+from carafe_ultra.backends import torch_backend
+
+# (n, channels, height, width, kernel, groups, scale): odd, non-square, tiny (every pixel a border), groups.
+SHAPES = [
+    (2, 4, 5, 7, 3, 1, 2),
+    (1, 6, 3, 4, 5, 3, 3),
+    (2, 8, 6, 5, 7, 4, 1),
+    (1, 4, 1, 1, 5, 2, 4),
+    (3, 2, 2, 3, 7, 1, 3),
+    (1, 4, 4, 4, 1, 4, 2),
+    (2, 3, 9, 2, 3, 3, 4),
+]
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+@pytest.mark.parametrize("scale", [1, 2, 3, 4])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_forward_and_gradients_match_reference(kernel, scale, groups):
+    features, masks = random_inputs(2, 4, 5, 3, kernel, groups, scale, requires_grad=True)
+    out = carafe(features, masks, kernel, groups, scale)
+    expected = carafe_reference(features, masks, kernel, groups, scale)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, (features, masks), grad_out)
+    want = torch.autograd.grad(expected, (features, masks), grad_out)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_odd_tiny_and_grouped_shapes(shape):
+    n, c, h, w, k, g, s = shape
+    features, masks = random_inputs(n, c, h, w, k, g, s, requires_grad=True)
+    out = carafe(features, masks, k, g, s)
+    assert out.shape == (n, c, h * s, w * s)
+    torch.testing.assert_close(out, carafe_reference(features, masks, k, g, s), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 3, 4, 3, 1, 2), (1, 6, 2, 3, 5, 3, 3), (1, 4, 3, 2, 7, 2, 1), (1, 2, 1, 1, 3, 2, 4)], ids=str)
+def test_gradcheck(shape):
+    n, c, h, w, k, g, s = shape
+    features, masks = random_inputs(n, c, h, w, k, g, s, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, m: carafe(f, m, k, g, s), (features, masks))
+
+
+def test_gradgradcheck():
+    features, masks = random_inputs(1, 4, 3, 4, 3, 2, 2, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda f, m: carafe(f, m, 3, 2, 2), (features, masks))
+
+
+def test_out_of_bounds_taps_get_zero_mask_gradient():
+    # A 1x1 input with k=3: only the centre tap ever reads a pixel.
+    features, masks = random_inputs(1, 2, 1, 1, 3, 1, 2, requires_grad=True)
+    carafe(features, masks, 3, 1, 2).sum().backward()
+    centre = 4
+    outside = [t for t in range(9) if t != centre]
+    assert torch.all(masks.grad[:, outside] == 0)
+    assert torch.all(masks.grad[:, centre] != 0)
+
+
+def test_chunked_path_matches_reference(monkeypatch):
+    # Force many small chunks, including chunks that do not divide the group evenly.
+    monkeypatch.setattr(torch_backend, "CHUNK_ELEMENTS", 3 * 2 * 4 * 6 * 5)
+    features, masks = random_inputs(2, 14, 6, 5, 3, 2, 2, requires_grad=True)
+    out = carafe(features, masks, 3, 2, 2)
+    expected = carafe_reference(features, masks, 3, 2, 2)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    grad_out = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, (features, masks), grad_out),
+                    torch.autograd.grad(expected, (features, masks), grad_out)):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2), (torch.float32, 1e-5)])
+def test_low_precision_on_cpu(dtype, tol):
+    features, masks = random_inputs(2, 8, 6, 7, 5, 2, 2)
+    f, m = features.to(dtype).requires_grad_(), masks.to(dtype).requires_grad_()
+    out = carafe(f, m, 5, 2, 2)
+    assert out.dtype == dtype
+    expected = carafe_reference(f.detach(), m.detach(), 5, 2, 2)
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    out.float().sum().backward()
+    assert f.grad.dtype == dtype and m.grad.dtype == dtype
+    assert torch.isfinite(f.grad).all() and torch.isfinite(m.grad).all()
+
+
+def test_mixed_dtypes_compute_wide_and_return_features_dtype():
+    # What autocast produces: float16 features, float32 masks from a softmax.
+    features, masks = random_inputs(1, 4, 5, 5, 3, 1, 2)
+    f16 = features.half().requires_grad_()
+    m32 = masks.float().requires_grad_()
+    out = carafe(f16, m32, 3, 1, 2)
+    assert out.dtype == torch.float16
+    expected = carafe_reference(f16.detach(), m32.detach(), 3, 1, 2)
+    torch.testing.assert_close(out.double(), expected, rtol=2e-3, atol=2e-3)
+    out.sum().backward()
+    assert f16.grad.dtype == torch.float16 and m32.grad.dtype == torch.float32
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    features, masks = random_inputs(2, 6, 5, 4, 3, 3, 2)
+    expected = carafe_reference(features, masks, 3, 3, 2)
+    cl = carafe(features.to(memory_format=torch.channels_last), masks.to(memory_format=torch.channels_last), 3, 3, 2)
+    torch.testing.assert_close(cl, expected, rtol=1e-10, atol=1e-10)
+    # A transposed-and-back view has the same values with odd strides.
+    f_view = features.transpose(2, 3).contiguous().transpose(2, 3)
+    m_view = masks.transpose(2, 3).contiguous().transpose(2, 3)
+    torch.testing.assert_close(carafe(f_view, m_view, 3, 3, 2), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_empty_batch():
+    features, masks = random_inputs(0, 4, 5, 6, 3, 2, 2, requires_grad=True)
+    out = carafe(features, masks, 3, 2, 2)
+    assert out.shape == (0, 4, 10, 12)
+    out.sum().backward()
+    assert features.grad.shape == features.shape and masks.grad.shape == masks.shape
+
+
+def test_masks_of_ones_with_k1_is_nearest_upsampling():
+    features = torch.randn(2, 3, 4, 5)
+    masks = torch.ones(2, 1, 12, 15)
+    nearest = torch.nn.functional.interpolate(features, scale_factor=3, mode="nearest")
+    torch.testing.assert_close(carafe(features, masks, 1, 1, 3), nearest)
+
+
+def test_deterministic():
+    features, masks = random_inputs(2, 8, 7, 6, 5, 2, 2, dtype=torch.float32, requires_grad=True)
+    runs = []
+    for _ in range(2):
+        out = carafe(features, masks, 5, 2, 2)
+        grads = torch.autograd.grad(out, (features, masks), torch.ones_like(out))
+        runs.append((out, *grads))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
