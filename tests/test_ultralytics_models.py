@@ -1,0 +1,206 @@
+"""Registration, the shipped YAMLs, errors that name the layer, FLOPs, half precision. No training here."""
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import ultralytics
+import yaml
+from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
+from ultralytics.utils.torch_utils import get_flops
+
+import carafe_ultra
+from carafe_ultra import CARAFE, model_yaml
+from carafe_ultra.integration import UnsupportedUltralyticsError, _parse_model_with_carafe
+
+STOCK = Path(ultralytics.__file__).parent / "cfg" / "models"
+SHIPPED = {
+    "rtdetr-l-carafe.yaml": STOCK / "rt-detr" / "rtdetr-l.yaml",
+    "rtdetr-x-carafe.yaml": STOCK / "rt-detr" / "rtdetr-x.yaml",
+    "rtdetr-resnet50-carafe.yaml": STOCK / "rt-detr" / "rtdetr-resnet50.yaml",
+    "rtdetr-resnet101-carafe.yaml": STOCK / "rt-detr" / "rtdetr-resnet101.yaml",
+    "yolov8-carafe.yaml": STOCK / "v8" / "yolov8.yaml",
+    "yolo11-carafe.yaml": STOCK / "11" / "yolo11.yaml",
+}
+
+
+def build(path, scale=""):
+    """Build a detection model from a YAML path; a YOLO scale letter goes after the family name."""
+    path = Path(path)
+    cfg = path.with_name(re.sub(r"^(yolov8|yolo11)", rf"\g<1>{scale}", path.name))
+    cls = RTDETRDetectionModel if "rtdetr" in path.stem else DetectionModel
+    return cls(str(cfg), verbose=False)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_yaml_is_stock_except_upsample_rows(name):
+    ours = yaml.safe_load(Path(model_yaml(name)).read_text())
+    stock = yaml.safe_load(SHIPPED[name].read_text())
+    changed = 0
+    for section in ("backbone", "head"):
+        for mine, theirs in zip(ours[section], stock[section], strict=True):
+            if theirs[2] == "nn.Upsample":
+                assert mine[2] == "CARAFE" and mine[:2] == theirs[:2]
+                changed += 1
+            else:
+                assert mine == theirs
+    assert changed == 2
+    assert {k: v for k, v in ours.items() if k not in ("backbone", "head")} == {
+        k: v for k, v in stock.items() if k not in ("backbone", "head")}
+
+
+@pytest.mark.parametrize("name,scale", [("yolov8-carafe.yaml", "n"), ("yolov8-carafe.yaml", "x"),
+                                        ("yolo11-carafe.yaml", "s"), ("yolo11-carafe.yaml", "l"),
+                                        ("rtdetr-l-carafe.yaml", ""), ("rtdetr-resnet50-carafe.yaml", "")])
+def test_channels_match_stock_model_at_every_scale(name, scale):
+    ours = build(model_yaml(name), scale)
+    stock = build(SHIPPED[name], scale)
+    carafes = [m for m in ours.model if isinstance(m, CARAFE)]
+    assert len(carafes) == 2 and all(m.projection is None for m in carafes)
+    extra = sum(p.numel() for m in carafes for p in m.parameters())
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(ours) - count(stock) == extra  # every other layer is the same size
+    x = torch.zeros(1, 3, 64, 64)
+    ours.eval(), stock.eval()
+    with torch.no_grad():
+        a, b = ours(x), stock(x)
+    a, b = (a[0] if isinstance(a, (tuple, list)) else a), (b[0] if isinstance(b, (tuple, list)) else b)
+    assert a.shape == b.shape
+
+
+@pytest.mark.parametrize("name", ["rtdetr-x-carafe.yaml", "rtdetr-resnet101-carafe.yaml"])
+def test_large_models_build(name):
+    model = build(model_yaml(name))
+    assert sum(isinstance(m, CARAFE) for m in model.model) == 2
+
+
+def test_model_yaml_paths():
+    assert Path(model_yaml("yolov8n-carafe.yaml")).parent == carafe_ultra.model_dir()
+    assert Path(model_yaml("rtdetr-l-carafe")).is_file()
+    with pytest.raises(FileNotFoundError, match="available: rtdetr-l-carafe.yaml"):
+        model_yaml("yolov5-carafe.yaml")
+
+
+def test_register_is_idempotent():
+    from ultralytics.nn import tasks
+
+    before = tasks.parse_model
+    carafe_ultra.register()
+    carafe_ultra.register()
+    assert tasks.parse_model is before and tasks.CARAFE is CARAFE
+
+
+def _yaml_with_row(tmp_path, row, name="yolov8n-bad.yaml"):
+    cfg = yaml.safe_load(Path(model_yaml("yolov8-carafe.yaml")).read_text())
+    cfg["head"][0] = row
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    "row,pattern",
+    [
+        ([-1, 1, "CARAFE", [1024, 4, 2]], r"model YAML layer 10 .*kernel_size must be odd"),
+        ([-1, 1, "CARAFE", [1024, 5, 2, 3, 64, 3]], r"model YAML layer 10 .*divisible by groups \(3\)"),
+        ([-1, 2, "CARAFE", [1024]], r"model YAML layer 10 .*'repeats' must be 1"),
+        ([[-1, 6], 1, "CARAFE", [1024]], r"model YAML layer 10 .*single layer index"),
+        ([-1, 1, "CARAFE", []], r"model YAML layer 10 .*output channels"),
+        ([-1, 1, "CARAFE", ["a"]], r"model YAML layer 10 .*args\[0\] must be the output channels"),
+    ],
+)
+def test_wrong_carafe_row_names_the_layer(tmp_path, row, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        DetectionModel(str(_yaml_with_row(tmp_path, row)), verbose=False)
+
+
+def test_flops_count_the_reassembly():
+    thop_profile = importlib.import_module("thop.profile")  # the module: thop.profile is also a function
+
+    model = build(model_yaml("yolov8-carafe.yaml"), "n")
+    with_rule = get_flops(model, imgsz=64)
+    rule = thop_profile.register_hooks.pop(CARAFE)
+    try:
+        without_rule = get_flops(model, imgsz=64)
+    finally:
+        thop_profile.register_hooks[CARAFE] = rule
+    # Layer 10 upsamples 256 x 2x2 -> 4x4, layer 13 128 x 4x4 -> 8x8 at 64 px; k=5: 25 MACs per output value.
+    reassembly_gflops = 2 * 25 * (256 * 4 * 4 + 128 * 8 * 8) / 1e9
+    assert without_rule > 0
+    assert with_rule - without_rule == pytest.approx(reassembly_gflops, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["yolov8-carafe.yaml", "rtdetr-l-carafe.yaml"])
+def test_half_precision_inference(name):
+    # What validation during training does on a GPU: model.half(), no autocast.
+    model = build(model_yaml(name), "n" if "yolo" in name else "").eval()
+    outputs = []
+    for m in model.modules():
+        if isinstance(m, CARAFE):
+            m.register_forward_hook(lambda module, args, out: outputs.append(out))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        half = model.half()(x.half())[0]
+    assert torch.isfinite(half).all()
+    full_carafe, half_carafe = outputs[:2], outputs[2:]
+    assert [o.dtype for o in half_carafe] == [torch.float16, torch.float16]
+    for f, h in zip(full_carafe, half_carafe):  # (an untrained RT-DETR's top-k output may reorder)
+        assert (h.float() - f).abs().max() <= 0.02 * f.abs().max() + 1e-3
+
+
+def _python(code, **env):
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **env})
+    return run
+
+
+def test_fresh_interpreter_registers_without_import_and_without_torch_at_startup():
+    startup = _python("import sys; print('torch' in sys.modules, 'carafe_ultra' in sys.modules)")
+    assert startup.stdout.split() == ["False", "False"], startup.stderr
+    code = (f"from ultralytics.nn.tasks import DetectionModel; import sys\n"
+            f"m = DetectionModel({model_yaml('yolov8n-carafe.yaml')!r}, verbose=False)\n"
+            f"print(sorted({{type(l).__name__ for l in m.model}} & {{'CARAFE'}}))")
+    run = _python(code)
+    assert run.returncode == 0 and "['CARAFE']" in run.stdout, run.stderr
+    off = _python(code, CARAFE_ULTRA_AUTOREGISTER="0")
+    assert off.returncode != 0 and "KeyError: 'CARAFE'" in off.stderr
+
+
+def test_unsupported_ultralytics_fails_clearly():
+    code = ("import ultralytics; ultralytics.__version__ = '8.2.103'\n"
+            "import carafe_ultra\n"
+            "try:\n    carafe_ultra.register()\n"
+            "except RuntimeError as e:\n    print(type(e).__name__, e)\n")
+    run = _python(code, CARAFE_ULTRA_AUTOREGISTER="0")
+    assert "UnsupportedUltralyticsError carafe-ultra supports Ultralytics >=8.3.65,<8.5, found 8.2.103" in run.stdout, run.stderr
+
+
+def test_parse_model_without_base_modules_fails_clearly():
+    class FakeTasks:
+        @staticmethod
+        def parse_model(d, ch, verbose=True):
+            return d
+
+    with pytest.raises(UnsupportedUltralyticsError, match="no longer builds a base_modules frozenset"):
+        _parse_model_with_carafe(FakeTasks, "9.0.0")
+
+
+def test_pyproject_declares_the_tested_range():
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'"ultralytics>=8\.3\.65,<8\.5"', text)
+    assert (8, 3, 65) <= tuple(int(p) for p in ultralytics.__version__.split(".")[:3]) < (8, 5)
+
+
+def test_models_command_prints_paths():
+    run = subprocess.run([sys.executable, "-m", "carafe_ultra", "models", "yolo11s-carafe.yaml"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == model_yaml("yolo11s-carafe.yaml")
+    listing = subprocess.run([sys.executable, "-m", "carafe_ultra", "models"], capture_output=True, text=True,
+                             timeout=120).stdout.split()
+    assert len(listing) == len(SHIPPED)
