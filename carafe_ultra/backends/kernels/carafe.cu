@@ -1,0 +1,190 @@
+// CARAFE forward and backward kernels (mmcv semantics; see carafe_ultra/functional.py).
+//
+// One source, two compilers: NVRTC builds it for GPUs (carafe_ultra/backends/cupy_backend.py), and
+// host_shim.cpp builds the very same text with g++ so CI can run every kernel on a CPU. That is why the
+// kernels use no shared memory, no barriers and no atomics (which also makes them deterministic), and reach
+// CUDA only through the few names the shim provides: blockIdx, blockDim, threadIdx and __global__.
+//
+// Compile-time constants (-D): CARAFE_K (odd kernel size), CARAFE_S (scale factor).
+// Layout: contiguous NCHW features (N, C, H, W), masks (N, G*K*K, H*S, W*S), output (N, C, H*S, W*S).
+// All indexing is 64-bit. Accumulation is in float32 for every storage type.
+
+#ifndef CARAFE_K
+#error "define CARAFE_K"
+#endif
+#ifndef CARAFE_S
+#error "define CARAFE_S"
+#endif
+
+#define CARAFE_R ((CARAFE_K - 1) / 2)
+#define CARAFE_TAPS (CARAFE_K * CARAFE_K)
+
+typedef long long index_t;
+
+// Storage types: 16-bit floats travel as their bits, converted to float on load and back on store.
+struct half_bits { unsigned short bits; };
+struct bf16_bits { unsigned short bits; };
+
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define CARAFE_DEVICE __device__ __forceinline__
+static CARAFE_DEVICE float f32_from_bits(unsigned int u) { return __uint_as_float(u); }
+static CARAFE_DEVICE unsigned int bits_from_f32(float f) { return __float_as_uint(f); }
+static CARAFE_DEVICE float half_to_float(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+static CARAFE_DEVICE unsigned short float_to_half(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#else
+#define CARAFE_DEVICE static inline
+CARAFE_DEVICE float f32_from_bits(unsigned int u) { float f; __builtin_memcpy(&f, &u, 4); return f; }
+CARAFE_DEVICE unsigned int bits_from_f32(float f) { unsigned int u; __builtin_memcpy(&u, &f, 4); return u; }
+CARAFE_DEVICE float half_to_float(unsigned short h) { _Float16 v; __builtin_memcpy(&v, &h, 2); return (float)v; }
+CARAFE_DEVICE unsigned short float_to_half(float f) { _Float16 v = (_Float16)f; unsigned short h; __builtin_memcpy(&h, &v, 2); return h; }
+#endif
+
+CARAFE_DEVICE float load(const float* p) { return *p; }
+CARAFE_DEVICE float load(const half_bits* p) { return half_to_float(p->bits); }
+CARAFE_DEVICE float load(const bf16_bits* p) { return f32_from_bits((unsigned int)p->bits << 16); }
+
+CARAFE_DEVICE void store(float* p, float v) { *p = v; }
+CARAFE_DEVICE void store(half_bits* p, float v) { p->bits = float_to_half(v); }
+CARAFE_DEVICE void store(bf16_bits* p, float v) {
+    unsigned int u = bits_from_f32(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {  // NaN stays a (quiet) NaN
+        p->bits = (unsigned short)((u >> 16) | 0x40u);
+        return;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
+    p->bits = (unsigned short)(u >> 16);
+}
+
+CARAFE_DEVICE index_t global_thread() { return (index_t)blockIdx.x * blockDim.x + threadIdx.x; }
+
+// One thread per (batch, group, output row, output column), over a chunk of the group's channels
+// (blockIdx.y picks the chunk): the K*K mask values are read once into registers and reused by every
+// channel; adjacent threads write adjacent output columns.
+template <typename T>
+CARAFE_DEVICE void forward(const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
+                           index_t batch, index_t channels, index_t height, index_t width, index_t groups,
+                           index_t channel_chunk) {
+    const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
+    const index_t index = global_thread();
+    if (index >= batch * groups * plane) return;
+    const index_t ow = index % out_w, oh = (index / out_w) % out_h;
+    const index_t g = (index / plane) % groups, n = index / (plane * groups);
+
+    float weight[CARAFE_TAPS];
+    const T* mask = masks + (n * groups + g) * CARAFE_TAPS * plane + oh * out_w + ow;
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * plane);
+
+    const index_t per_group = channels / groups;
+    const index_t first = g * per_group + (index_t)blockIdx.y * channel_chunk;
+    const index_t end = first + channel_chunk < (g + 1) * per_group ? first + channel_chunk : (g + 1) * per_group;
+    const index_t ph = oh / CARAFE_S, pw = ow / CARAFE_S;
+    for (index_t c = first; c < end; ++c) {
+        const T* source = features + (n * channels + c) * height * width;
+        float acc = 0.f;
+        for (int i = 0; i < CARAFE_K; ++i) {
+            const index_t y = ph + i - CARAFE_R;
+            if (y < 0 || y >= height) continue;
+            for (int j = 0; j < CARAFE_K; ++j) {
+                const index_t x = pw + j - CARAFE_R;
+                if (x < 0 || x >= width) continue;
+                acc += load(source + y * width + x) * weight[i * CARAFE_K + j];
+            }
+        }
+        store(out + (n * channels + c) * plane + oh * out_w + ow, acc);
+    }
+}
+
+// grad_masks[n, g*K*K + tap, oh, ow] = sum over the group's channels of grad_out * the tap's source pixel.
+// Same mapping as forward, all channels of the group per thread: a plain sum, no atomics.
+template <typename T>
+CARAFE_DEVICE void backward_masks(const T* __restrict__ grad_out, const T* __restrict__ features,
+                                  T* __restrict__ grad_masks, index_t batch, index_t channels, index_t height,
+                                  index_t width, index_t groups) {
+    const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
+    const index_t index = global_thread();
+    if (index >= batch * groups * plane) return;
+    const index_t ow = index % out_w, oh = (index / out_w) % out_h;
+    const index_t g = (index / plane) % groups, n = index / (plane * groups);
+
+    float acc[CARAFE_TAPS];
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) acc[tap] = 0.f;
+    const index_t per_group = channels / groups, ph = oh / CARAFE_S, pw = ow / CARAFE_S;
+    for (index_t c = g * per_group; c < (g + 1) * per_group; ++c) {
+        const float go = load(grad_out + (n * channels + c) * plane + oh * out_w + ow);
+        const T* source = features + (n * channels + c) * height * width;
+        for (int i = 0; i < CARAFE_K; ++i) {
+            const index_t y = ph + i - CARAFE_R;
+            if (y < 0 || y >= height) continue;
+            for (int j = 0; j < CARAFE_K; ++j) {
+                const index_t x = pw + j - CARAFE_R;
+                if (x < 0 || x >= width) continue;
+                acc[i * CARAFE_K + j] += go * load(source + y * width + x);
+            }
+        }
+    }
+    T* grad = grad_masks + (n * groups + g) * CARAFE_TAPS * plane + oh * out_w + ow;
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * plane, acc[tap]);  // 0 for taps outside
+}
+
+// grad_features[n, c, h, w]: gathered from every output pixel whose window reads (h, w). Output pixels
+// (oh, ow) with source (ph, pw) = (h - i + R, w - j + R) read it through tap (i, j), for all S*S of them.
+template <typename T>
+CARAFE_DEVICE void backward_features(const T* __restrict__ grad_out, const T* __restrict__ masks,
+                                     T* __restrict__ grad_features, index_t batch, index_t channels,
+                                     index_t height, index_t width, index_t groups) {
+    const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
+    const index_t index = global_thread();
+    if (index >= batch * channels * height * width) return;
+    const index_t w = index % width, h = (index / width) % height;
+    const index_t c = (index / (height * width)) % channels, n = index / (height * width * channels);
+    const index_t g = c / (channels / groups);
+
+    const T* grad = grad_out + (n * channels + c) * plane;
+    const T* mask = masks + (n * groups + g) * CARAFE_TAPS * plane;
+    float acc = 0.f;
+    for (int i = 0; i < CARAFE_K; ++i) {
+        const index_t ph = h - i + CARAFE_R;
+        if (ph < 0 || ph >= height) continue;
+        for (int j = 0; j < CARAFE_K; ++j) {
+            const index_t pw = w - j + CARAFE_R;
+            if (pw < 0 || pw >= width) continue;
+            const T* tap_mask = mask + (i * CARAFE_K + j) * plane;
+            for (int dy = 0; dy < CARAFE_S; ++dy) {
+                const index_t row = (ph * CARAFE_S + dy) * out_w + pw * CARAFE_S;
+                for (int dx = 0; dx < CARAFE_S; ++dx) acc += load(grad + row + dx) * load(tap_mask + row + dx);
+            }
+        }
+    }
+    store(grad_features + index, acc);
+}
+
+// C entry points, one set per storage type: carafe_{forward,backward_masks,backward_features}_{f32,f16,bf16}.
+#define CARAFE_ENTRY_POINTS(SUFFIX, T)                                                                        \
+    extern "C" __global__ void carafe_forward_##SUFFIX(const T* features, const T* masks, T* out, index_t batch, \
+                                                       index_t channels, index_t height, index_t width,        \
+                                                       index_t groups, index_t channel_chunk) {                \
+        forward<T>(features, masks, out, batch, channels, height, width, groups, channel_chunk);             \
+    }                                                                                                         \
+    extern "C" __global__ void carafe_backward_masks_##SUFFIX(const T* grad_out, const T* features,            \
+                                                              T* grad_masks, index_t batch, index_t channels,  \
+                                                              index_t height, index_t width, index_t groups) { \
+        backward_masks<T>(grad_out, features, grad_masks, batch, channels, height, width, groups);           \
+    }                                                                                                         \
+    extern "C" __global__ void carafe_backward_features_##SUFFIX(const T* grad_out, const T* masks,           \
+                                                                 T* grad_features, index_t batch,             \
+                                                                 index_t channels, index_t height,            \
+                                                                 index_t width, index_t groups) {             \
+        backward_features<T>(grad_out, masks, grad_features, batch, channels, height, width, groups);        \
+    }
+
+CARAFE_ENTRY_POINTS(f32, float)
+CARAFE_ENTRY_POINTS(f16, half_bits)
+CARAFE_ENTRY_POINTS(bf16, bf16_bits)
