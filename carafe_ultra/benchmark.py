@@ -7,15 +7,17 @@ baseline alternately on the same inputs, and reports medians.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .baselines import unfold_matmul_carafe
 from .functional import carafe
@@ -160,4 +162,148 @@ def format_cpu_comparison(result: dict) -> str:
             f"{r['speedup']:>8.2f}x{r['peak_added_mib']['carafe_ultra']:>10.1f}"
             f"{r['peak_added_mib']['unfold_matmul']:>12.1f}{r['memory_ratio']:>10.2f}x"
         )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GPU: kernel bandwidth against the device's own copy bandwidth, and module speed against the rivals.
+
+GPU_REFERENCE = Case(n=16, channels=256, height=40, width=40, kernel=5, scale=2)  # RT-DETR-l P4 -> P3, batch 16
+
+
+def kernel_files() -> list[Path]:
+    from .backends.cupy_backend import KERNEL_SOURCE
+
+    return [KERNEL_SOURCE]
+
+
+def kernel_sha256(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cuda_median_ms(fn: Callable[[int], object], repeats: int = 50, warmup: int = 10, rotate: int = 1) -> float:
+    """Median CUDA-event time of ``fn(i)``, ``i`` cycling through ``rotate`` input sets (so L2 does not serve them)."""
+    for i in range(warmup):
+        fn(i % rotate)
+    torch.cuda.synchronize()
+    times = []
+    for i in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(i % rotate)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def copy_bandwidth_gbs(mib: int = 1024) -> float:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    source = torch.empty(mib * 2**20, dtype=torch.uint8, device="cuda").random_()
+    target = torch.empty_like(source)
+    ms = cuda_median_ms(lambda _: target.copy_(source), repeats=20)
+    return 2 * source.numel() / (ms * 1e-3) / 1e9
+
+
+def _kernel_case(case: Case, dtype: str, rotate: int = 3) -> dict:
+    from .functional import carafe as op
+
+    sets = [Case(**{**asdict(case), "dtype": dtype}).inputs("cuda") for _ in range(rotate)]
+    for i, (features, masks) in enumerate(sets):  # distinct data per set
+        features.add_(i)
+    grads = [torch.randn(case.n, case.channels, case.height * case.scale, case.width * case.scale,
+                         device="cuda", dtype=getattr(torch, dtype)) for _ in range(rotate)]
+    from .backends.cupy_backend import carafe_backward, carafe_forward
+
+    forward_ms = cuda_median_ms(lambda i: carafe_forward(*sets[i], case.kernel, 1, case.scale), rotate=rotate)
+    backward_ms = cuda_median_ms(lambda i: carafe_backward(grads[i], *sets[i], case.kernel, 1, case.scale), rotate=rotate)
+    features, masks = sets[0]
+    size = features.element_size()
+    forward_bytes = (features.numel() + masks.numel() + grads[0].numel()) * size
+    backward_bytes = (grads[0].numel() + 2 * features.numel() + 2 * masks.numel()) * size
+    # Sanity: the kernels agree with the PyTorch path on this very case.
+    from .backends.torch_backend import carafe_torch
+
+    error = (op(features, masks, case.kernel, 1, case.scale).float()
+             - carafe_torch(features.float(), masks.float(), case.kernel, 1, case.scale)).abs().max().item()
+    return {"case": {**asdict(case), "dtype": dtype}, "forward_ms": forward_ms, "backward_ms": backward_ms,
+            "forward_bytes": forward_bytes, "backward_bytes": backward_bytes,
+            "forward_gbs": forward_bytes / (forward_ms * 1e-3) / 1e9,
+            "backward_gbs": backward_bytes / (backward_ms * 1e-3) / 1e9, "max_abs_error_vs_torch_path": error}
+
+
+def _module_case(name: str, module: nn.Module, case: Case, dtype: torch.dtype, rotate: int = 3) -> dict:
+    module = module.to("cuda")
+    inputs = [torch.randn(case.n, case.channels, case.height, case.width, device="cuda", requires_grad=True)
+              for _ in range(rotate)]
+
+    def step(i: int) -> None:
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            out = module(inputs[i])
+        out.float().sum().backward()
+
+    ms = cuda_median_ms(step, rotate=rotate)
+    return {"module": name, "case": {**asdict(case), "dtype": str(dtype).replace("torch.", "")}, "forward_backward_ms": ms}
+
+
+def gpu_report() -> dict:
+    """Everything ``scripts/benchmark.py --gpu`` measures, as one JSON-ready dict."""
+    import cupy
+
+    from .baselines import DySample, UnfoldMatmulCARAFE
+    from .module import CARAFE
+
+    torch.manual_seed(0)
+    files = kernel_files()
+    bandwidth = copy_bandwidth_gbs()
+    cases = [_kernel_case(GPU_REFERENCE, dtype) for dtype in ("float16", "float32", "bfloat16")]
+    for extra in (Case(n=16, channels=256, height=80, width=80, kernel=5, scale=2),
+                  Case(n=16, channels=256, height=20, width=20, kernel=3, scale=2),
+                  Case(n=8, channels=128, height=40, width=40, kernel=7, scale=4)):
+        cases.append(_kernel_case(extra, "float16"))
+    modules = {}
+    for dtype in (torch.float32, torch.float16):
+        ours = CARAFE(256, kernel_size=5, compressed_channels=64)
+        blog = UnfoldMatmulCARAFE(256, kernel_size=5, compressed_channels=64)
+        blog.load_state_dict(ours.state_dict())
+        for name, module in (("carafe_ultra", ours), ("unfold_matmul", blog), ("dysample", DySample(256))):
+            result = _module_case(name, module, GPU_REFERENCE, dtype)
+            modules[(name, dtype)] = result["forward_backward_ms"]
+            cases.append(result)
+    reference = {c["case"]["dtype"]: c for c in cases[:2]}
+    goals = {
+        "fwd_bw_fraction_fp16": reference["float16"]["forward_gbs"] / bandwidth,
+        "fwd_bw_fraction_fp32": reference["float32"]["forward_gbs"] / bandwidth,
+        "bwd_bw_fraction_fp16": reference["float16"]["backward_gbs"] / bandwidth,
+        "bwd_bw_fraction_fp32": reference["float32"]["backward_gbs"] / bandwidth,
+        "speedup_vs_seed_fwd_bwd": modules[("unfold_matmul", torch.float32)] / modules[("carafe_ultra", torch.float32)],
+        "time_vs_dysample_fwd_bwd": modules[("carafe_ultra", torch.float32)] / modules[("dysample", torch.float32)],
+    }
+    root = Path(__file__).resolve().parents[1]
+    return {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cupy": cupy.__version__,
+        "kernel_files": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in files],
+        "kernel_sha256": kernel_sha256(files),
+        "copy_bandwidth_gbs": bandwidth,
+        "cases": cases,
+        "goals": goals,
+    }
+
+
+def format_gpu_report(report: dict) -> str:
+    lines = [f"{report['device']}: copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s"]
+    for case in report["cases"]:
+        c = case["case"]
+        label = f"N={c['n']} C={c['channels']} {c['height']}x{c['width']} k={c['kernel']} s={c['scale']} {c['dtype']}"
+        if "module" in case:
+            lines.append(f"  module {case['module']:<14} {label}: fwd+bwd {case['forward_backward_ms']:.3f} ms")
+        else:
+            lines.append(f"  kernels {label}: fwd {case['forward_ms']:.3f} ms ({case['forward_gbs']:.0f} GB/s), "
+                         f"bwd {case['backward_ms']:.3f} ms ({case['backward_gbs']:.0f} GB/s)")
+    lines.append("goals: " + ", ".join(f"{k}={v:.3f}" for k, v in report["goals"].items()))
     return "\n".join(lines)

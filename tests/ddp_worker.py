@@ -4,6 +4,7 @@ Like Ultralytics' own DDP workers it is a fresh interpreter that never imports c
 rows of the YAML resolve only because the installed .pth registered them when ultralytics.nn.tasks loaded.
 """
 
+import os
 import sys
 
 import torch
@@ -40,8 +41,13 @@ def main(yaml_path: str) -> None:
     if rank == 0:
         equal = all(torch.equal(gathered[0], other) for other in gathered[1:])
         print(f"carafe_modules={carafes} weights_equal={equal}")
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Gloo's worker threads can still hold Python objects while the interpreter finalises and then abort
+    # the process (SIGABRT, "terminate called without an active exception"); the work is done, so skip that.
+    sys.stdout.flush()
+    os._exit(0)

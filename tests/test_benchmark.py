@@ -41,3 +41,28 @@ def test_script_writes_json(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "speedup" in run.stdout and out.exists()
+
+
+def test_unfold_matmul_module_equals_carafe_module():
+    from carafe_ultra import CARAFE
+    from carafe_ultra.baselines import UnfoldMatmulCARAFE
+
+    ours, blog = CARAFE(16, kernel_size=5), UnfoldMatmulCARAFE(16, kernel_size=5)
+    blog.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 16, 7, 6)
+    torch.testing.assert_close(blog(x), ours(x))
+
+
+def test_dysample_starts_as_bilinear_upsampling_and_learns_offsets():
+    from carafe_ultra.baselines import DySample
+
+    for scale in (2, 3):
+        module = DySample(8, scale=scale, groups=4)
+        torch.nn.init.zeros_(module.offset.weight)
+        x = torch.randn(2, 8, 5, 7)
+        bilinear = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(module(x), bilinear, rtol=1e-5, atol=1e-5)
+    module = DySample(8)
+    module(torch.randn(1, 8, 4, 4)).square().sum().backward()
+    assert module.offset.weight.grad.abs().sum() > 0
+    assert sum(p.numel() for p in DySample(256).parameters()) == 256 * 32 + 32

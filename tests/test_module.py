@@ -115,3 +115,13 @@ def test_pickle_deepcopy_and_state_dict():
 
 def test_repr_names_the_configuration():
     assert "c1=8, c2=4, kernel_size=3, up_factor=2, groups=2" in repr(CARAFE(8, 4, 3, groups=2))
+
+
+def test_torch_compile_fullgraph_on_cpu():
+    module = CARAFE(16, kernel_size=3)
+    x = torch.randn(1, 16, 6, 6, requires_grad=True)
+    expected = module(x)
+    out = torch.compile(module, fullgraph=True)(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None and module.encoder.weight.grad is not None

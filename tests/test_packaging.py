@@ -24,7 +24,8 @@ def wheel(tmp_path_factory):
 
 def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"carafe_ultra_autoload.pth", "_carafe_ultra_autoload.py", "carafe_ultra/__init__.py"} <= names
+    assert {"carafe_ultra_autoload.pth", "_carafe_ultra_autoload.py", "carafe_ultra/__init__.py",
+            "carafe_ultra/backends/kernels/carafe.cu", "carafe_ultra/backends/kernels/host_shim.cpp"} <= names
     shipped = {n.split("/")[-1] for n in names if n.startswith("carafe_ultra/models/")}
     assert {p.name for p in (ROOT / "models").glob("*.yaml")} == shipped
 
