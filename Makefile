@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/benchmark.py
+	$(PY) scripts/ablate.py --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest

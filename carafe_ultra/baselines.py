@@ -50,17 +50,22 @@ class DySample(nn.Module):
     2·groups·s² offsets per input pixel, scaled by ``scope`` and added to the positions of bilinear
     upsampling, then ``grid_sample`` reads the input there. At initialisation it is bilinear upsampling.
 
-    Shape: (N, C, H, W) -> (N, C, H·s, W·s); ``groups`` must divide C.
+    Arguments follow Ultralytics' YAML convention like :class:`carafe_ultra.CARAFE` (``[c2, scale]`` in a
+    row); DySample keeps the channels, so ``c2`` must equal ``c1`` when given.
+
+    Shape: (N, c1, H, W) -> (N, c1, H·s, W·s); ``groups`` must divide c1.
     """
 
-    def __init__(self, channels: int, scale: int = 2, groups: int = 4, scope: float = 0.25) -> None:
+    def __init__(self, c1: int, c2: int | None = None, scale: int = 2, groups: int = 4, scope: float = 0.25) -> None:
         super().__init__()
-        check_int("channels", channels, minimum=1)
+        check_int("c1", c1, minimum=1)
+        if c2 is not None and c2 != c1:
+            raise ValueError(f"DySample keeps the channels: c2 must equal c1 ({c1}), got {c2}")
         check_int("scale", scale, minimum=1)
         check_int("groups", groups, minimum=1)
-        check_divides("groups", groups, "channels", channels)
+        check_divides("groups", groups, "channels (c1)", c1)
         self.scale, self.groups, self.scope = scale, groups, scope
-        self.offset = nn.Conv2d(channels, 2 * groups * scale**2, 1)
+        self.offset = nn.Conv2d(c1, 2 * groups * scale**2, 1)
         nn.init.normal_(self.offset.weight, std=1e-3)
         nn.init.zeros_(self.offset.bias)
         # Sub-pixel positions of bilinear upsampling (align_corners=False), in input pixels, per (dy, dx).

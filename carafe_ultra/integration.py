@@ -3,8 +3,9 @@
 Ultralytics has no module registry: ``parse_model`` resolves YAML names from the globals of
 ``ultralytics.nn.tasks`` and decides which modules get ``c1`` prepended and ``c2`` width-scaled from a
 frozenset (``base_modules``) that it builds locally on every call (since 8.3.65). So :func:`register`
-injects ``CARAFE`` into those globals and rebuilds ``parse_model`` from its own source with ``CARAFE`` added
-to that set: the row then gets exactly Conv's channel handling at every model scale. Anything that does
+injects ``CARAFE`` (and the ``DySample`` baseline, for the ablation) into those globals and rebuilds
+``parse_model`` from its own source with both added to that set: their rows then get exactly Conv's channel
+handling at every model scale. Anything that does
 not match the expected source fails with a message naming the Ultralytics version.
 """
 
@@ -59,7 +60,9 @@ def register() -> None:
     if not _MIN_VERSION <= _version_tuple(version) < _MAX_VERSION:
         raise _unsupported(version, "outside the supported range")
 
-    tasks.CARAFE = CARAFE  # parse_model resolves YAML names from these globals
+    from .baselines import DySample
+
+    tasks.CARAFE, tasks.DySample = CARAFE, DySample  # parse_model resolves YAML names from these globals
     parse_model = _with_layer_errors(_parse_model_with_carafe(tasks, version))
     tasks.parse_model = parse_model
     sys.modules["ultralytics.nn"].parse_model = parse_model  # the package re-exports it
@@ -73,7 +76,7 @@ def _parse_model_with_carafe(tasks, version: str):
         source = textwrap.dedent(inspect.getsource(original))
     except (OSError, TypeError) as error:
         raise _unsupported(version, f"the source of parse_model is not available ({error})") from error
-    patched, count = _BASE_MODULES.subn(r"\1CARAFE, ", source, count=1)
+    patched, count = _BASE_MODULES.subn(r"\1CARAFE, DySample, ", source, count=1)
     if count != 1:
         raise _unsupported(version, "parse_model no longer builds a base_modules frozenset")
     # Pad with blank lines so tracebacks point at the real lines of tasks.py.

@@ -7,6 +7,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+# (n, channels, height, width, kernel, groups, scale): odd, non-square, tiny (every pixel a border), grouped.
+SHAPES = [
+    (2, 4, 5, 7, 3, 1, 2),
+    (1, 6, 3, 4, 5, 3, 3),
+    (2, 8, 6, 5, 7, 4, 1),
+    (1, 4, 1, 1, 5, 2, 4),
+    (3, 2, 2, 3, 7, 1, 3),
+    (1, 4, 4, 4, 1, 4, 2),
+    (2, 3, 9, 2, 3, 3, 4),
+]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import random_inputs
+from conftest import SHAPES, random_inputs
 from reference import carafe_reference
 
 from carafe_ultra.backends.cupy_backend import KERNEL_DIR, THREADS_PER_BLOCK, launch_geometry
@@ -43,16 +43,7 @@ def emulate(lib, name, like, group_size, scale, *tensors):
        *(ctypes.c_void_p(t.data_ptr()) for t in tensors), *(ctypes.c_longlong(v) for v in sizes))
 
 
-CASES = [  # (n, channels, height, width, kernel, groups, scale)
-    (2, 4, 5, 7, 3, 1, 2),
-    (1, 6, 3, 4, 5, 3, 3),
-    (2, 8, 6, 5, 7, 4, 1),
-    (1, 4, 1, 1, 5, 2, 4),
-    (3, 2, 2, 3, 7, 1, 3),
-    (1, 4, 4, 4, 1, 4, 2),
-    (1, 130, 3, 2, 3, 1, 2),  # more channels than one forward chunk: several grid rows
-    (2, 3, 9, 2, 3, 3, 4),
-]
+CASES = [*SHAPES, (1, 130, 3, 2, 3, 1, 2)]  # 130 channels: more than one forward chunk, several grid rows
 
 
 @pytest.fixture(scope="module")

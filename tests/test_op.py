@@ -2,23 +2,11 @@
 
 import pytest
 import torch
-from conftest import random_inputs
+from conftest import SHAPES, random_inputs
 from reference import carafe_reference
 
 from carafe_ultra import carafe
 from carafe_ultra.backends import torch_backend
-
-# (n, channels, height, width, kernel, groups, scale): odd, non-square, tiny (every pixel a border), groups.
-SHAPES = [
-    (2, 4, 5, 7, 3, 1, 2),
-    (1, 6, 3, 4, 5, 3, 3),
-    (2, 8, 6, 5, 7, 4, 1),
-    (1, 4, 1, 1, 5, 2, 4),
-    (3, 2, 2, 3, 7, 1, 3),
-    (1, 4, 4, 4, 1, 4, 2),
-    (2, 3, 9, 2, 3, 3, 4),
-]
-
 
 @pytest.mark.parametrize("kernel", [1, 3, 5, 7])
 @pytest.mark.parametrize("scale", [1, 2, 3, 4])

@@ -65,6 +65,20 @@ CARAFE_DEVICE void store(bf16_bits* p, float v) {
 
 CARAFE_DEVICE index_t global_thread() { return (index_t)blockIdx.x * blockDim.x + threadIdx.x; }
 
+// The output pixel (n, g, oh, ow) a thread of the per-output-pixel kernels owns, ow fastest.
+struct OutputPixel {
+    index_t n, g, oh, ow;
+};
+CARAFE_DEVICE OutputPixel output_pixel(index_t index, index_t groups, index_t out_h, index_t out_w) {
+    const index_t plane = out_h * out_w;
+    OutputPixel p;
+    p.ow = index % out_w;
+    p.oh = (index / out_w) % out_h;
+    p.g = (index / plane) % groups;
+    p.n = index / (plane * groups);
+    return p;
+}
+
 // One thread per (batch, group, output row, output column), over a chunk of the group's channels
 // (blockIdx.y picks the chunk): the K*K mask values are read once into registers and reused by every
 // channel; adjacent threads write adjacent output columns.
@@ -75,8 +89,8 @@ CARAFE_DEVICE void forward(const T* __restrict__ features, const T* __restrict__
     const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
     const index_t index = global_thread();
     if (index >= batch * groups * plane) return;
-    const index_t ow = index % out_w, oh = (index / out_w) % out_h;
-    const index_t g = (index / plane) % groups, n = index / (plane * groups);
+    const OutputPixel p = output_pixel(index, groups, out_h, out_w);
+    const index_t n = p.n, g = p.g, oh = p.oh, ow = p.ow;
 
     float weight[CARAFE_TAPS];
     const T* mask = masks + (n * groups + g) * CARAFE_TAPS * plane + oh * out_w + ow;
@@ -111,8 +125,8 @@ CARAFE_DEVICE void backward_masks(const T* __restrict__ grad_out, const T* __res
     const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
     const index_t index = global_thread();
     if (index >= batch * groups * plane) return;
-    const index_t ow = index % out_w, oh = (index / out_w) % out_h;
-    const index_t g = (index / plane) % groups, n = index / (plane * groups);
+    const OutputPixel p = output_pixel(index, groups, out_h, out_w);
+    const index_t n = p.n, g = p.g, oh = p.oh, ow = p.ow;
 
     float acc[CARAFE_TAPS];
     for (int tap = 0; tap < CARAFE_TAPS; ++tap) acc[tap] = 0.f;

@@ -1,0 +1,93 @@
+"""The ablation: arm YAMLs for any family, a tiny end-to-end run with every arm, resuming, the report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
+
+from carafe_ultra import CARAFE
+from carafe_ultra.ablation import ARMS, RunResult, Settings, arm_yaml, run_ablation
+from carafe_ultra.baselines import DySample
+from carafe_ultra.data import ShapesSpec, shapes_dataset
+from carafe_ultra.report import markdown_table, summarise
+
+UPSAMPLER_TYPES = {"nearest": torch.nn.Upsample, "bilinear": torch.nn.Upsample, "carafe": CARAFE,
+                   "convtranspose": torch.nn.ConvTranspose2d, "dysample": DySample}
+
+
+def build(path):
+    cls = RTDETRDetectionModel if "rtdetr" in Path(path).stem else DetectionModel
+    return cls(path, verbose=False)
+
+
+@pytest.mark.parametrize("family", ["yolov8n.yaml", "yolov8s-carafe.yaml", "yolo11n.yaml", "rtdetr-l.yaml"])
+@pytest.mark.parametrize("arm", list(ARMS))
+def test_every_arm_builds_with_the_families_channels(family, arm, tmp_path):
+    path = arm_yaml(family, arm, tmp_path)
+    model = build(path)
+    upsamplers = [m for m in model.model if isinstance(m, UPSAMPLER_TYPES[arm])]
+    assert len(upsamplers) == 2
+    if arm == "bilinear":
+        assert all(m.mode == "bilinear" for m in upsamplers)
+    x = torch.zeros(1, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # channels line up, or this fails
+
+
+def test_nearest_arm_of_our_yaml_is_the_stock_model(tmp_path):
+    ours = yaml.safe_load(Path(arm_yaml("yolov8n-carafe.yaml", "nearest", tmp_path)).with_name("yolov8-nearest.yaml")
+                          .read_text())
+    from ultralytics.nn.tasks import yaml_model_load
+
+    stock = yaml_model_load("yolov8n.yaml")
+    assert ours["backbone"] == stock["backbone"] and ours["head"] == stock["head"]
+
+
+def test_unknown_arm():
+    with pytest.raises(ValueError, match="unknown arm 'pixelshuffle'"):
+        arm_yaml("yolov8n.yaml", "pixelshuffle", Path("/tmp"))
+
+
+def fake(arm, seed, m50, m):
+    return RunResult(upsampler=arm, seed=seed, mAP50=m50, mAP50_95=m, params=100, GFLOPs=1.0, latency_ms=2.0,
+                     train_seconds=1.0)
+
+
+def test_report_deltas_and_honest_verdict():
+    settings = Settings(seeds=[0, 1])
+    results = [fake("nearest", 0, 0.50, 0.30), fake("carafe", 0, 0.52, 0.31),
+               fake("nearest", 1, 0.52, 0.32), fake("carafe", 1, 0.50, 0.29)]
+    summary = {"arms": summarise(results), "settings": {**settings.__dict__, "data": "d.yaml"}, "seeds": [0, 1]}
+    table = markdown_table(summary)
+    assert "| carafe | 0.510 ± 0.014 | +0.000 | 0.300 ± 0.014 | -0.010 |" in table
+    assert "carafe is within the seed spread of nearest" in table
+    clear = [fake("nearest", 0, 0.5, 0.30), fake("carafe", 0, 0.4, 0.20)]
+    table = markdown_table({"arms": summarise(clear), "settings": summary["settings"], "seeds": [0]})
+    assert "carafe trails nearest (-0.100 mAP50-95" in table and "One seed only" in table
+
+
+def test_tiny_ablation_end_to_end_and_resume(tmp_path, capsys):
+    data = shapes_dataset(ShapesSpec(train_images=8, val_images=4, image_size=64, objects=(2, 5),
+                                     object_size=(8, 20)), root=tmp_path / "data")
+    settings = Settings(data=str(data), epochs=1, imgsz=64, batch=4, workers=0, arms=list(ARMS),
+                        out=str(tmp_path / "out"))
+    summary = run_ablation(settings)
+    arms = {a["upsampler"]: a for a in summary["arms"]}
+    assert set(arms) == set(ARMS)
+    for a in arms.values():
+        assert {"upsampler", "mAP50", "mAP50-95", "params", "GFLOPs", "latency_ms"} <= set(a)
+        assert a["GFLOPs"] > 0 and a["latency_ms"] > 0 and 0 <= a["mAP50"] <= 1
+    assert arms["carafe"]["params"] > arms["dysample"]["params"] > arms["nearest"]["params"]
+    assert arms["nearest"]["params"] == arms["bilinear"]["params"]
+    out = tmp_path / "out"
+    assert json.loads((out / "summary.json").read_text())["settings"]["epochs"] == 1
+    assert "| nearest |" in (out / "summary.md").read_text()
+    assert (out / "summary.png").stat().st_size > 10_000
+    capsys.readouterr()
+    again = run_ablation(settings)  # everything finished: nothing is trained again
+    assert capsys.readouterr().out.count("already finished") == len(ARMS)
+    assert again["arms"] == summary["arms"]
