@@ -2,9 +2,11 @@
 
 The widely copied formulation unfolds the input into a tensor k² times its size and multiplies it with the
 masks. This one never does: channels are processed in chunks whose accumulator stays near cache size, and
-each chunk adds up the k² taps as shifted multiply-adds. Work happens in an (N, c, s, s, H, W) layout, the
-low-resolution grid innermost, so every op streams over contiguous rows; float16/bfloat16 accumulate in
-float32. The backward pass is written out too (autograd through the tap loop is ~3× slower).
+each chunk adds up the k² taps as shifted multiply-adds. Work happens in an (N, c, s, s, H·Wp) layout over
+the zero-padded width Wp = W + 2r: there every tap's window is one contiguous slice of the flattened padded
+input, so each op streams over H·Wp elements instead of rows of W (the 2r extra columns per row are computed
+and dropped). float16/bfloat16 accumulate in float32. The backward pass is written out too (autograd
+through the tap loop is ~3× slower).
 """
 
 from __future__ import annotations
@@ -63,34 +65,47 @@ def _channel_chunks(
             yield group, start, min(start + size, end)
 
 
+def _flat_padded(features: Tensor, r: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, (H+2r+1)·(W+2r)): zero-padded planes, flattened; the spare bottom row keeps the
+    last tap's slice in bounds."""
+    return F.pad(features, (r, r, r, r + 1)).flatten(2)
+
+
+def _tap_offset(tap: int, kernel_size: int, padded_width: int) -> int:
+    i, j = divmod(tap, kernel_size)
+    return i * padded_width + j
+
+
 def _masks_by_tap(masks: Tensor, kernel_size: int, group_size: int, scale_factor: int, dtype: torch.dtype) -> Tensor:
-    """(N, G·k², sH, sW) -> (N, G, k², s, s, H, W), contiguous, so each tap is a low-resolution stack."""
+    """(N, G·k², sH, sW) -> (N, G, k², s, s, H·Wp), contiguous, zero in the 2r extra columns of each row."""
     n, _, out_h, out_w = masks.shape
-    s = scale_factor
-    grid = masks.reshape(n, group_size, kernel_size**2, out_h // s, s, out_w // s, s)
-    return grid.permute(0, 1, 2, 4, 6, 3, 5).contiguous().to(dtype)
+    s, r = scale_factor, (kernel_size - 1) // 2
+    grid = masks.reshape(n, group_size, kernel_size**2, out_h // s, s, out_w // s, s).permute(0, 1, 2, 4, 6, 3, 5)
+    return F.pad(grid, (0, 2 * r)).contiguous().flatten(-2).to(dtype)
 
 
 def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
     n, channels, height, width = features.shape
     k, s = kernel_size, scale_factor
     r = (k - 1) // 2
+    padded_width, span = width + 2 * r, height * (width + 2 * r)
     acc_dtype = _accumulator_dtype(features.dtype)
-    padded = F.pad(features, (r, r, r, r))
+    padded = _flat_padded(features, r)
     taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
     # Exporters get one chunk per group: a compact graph matters more there than cache reuse.
     exporting = is_exporting()
-    chunks = _channel_chunks(channels, group_size, n * s * s * height * width, whole_groups=exporting)
+    chunks = _channel_chunks(channels, group_size, n * s * s * span, whole_groups=exporting)
 
     pieces = []
     out = None if exporting else features.new_empty(n, channels, height * s, width * s)
     for group, start, end in chunks:
-        window = padded[:, start:end, None, None].to(acc_dtype)  # (N, c, 1, 1, H+2r, W+2r)
-        acc = window.new_zeros(n, end - start, s, s, height, width)
+        window = padded[:, start:end, None, None].to(acc_dtype)  # (N, c, 1, 1, (H+2r+1)·Wp)
+        acc = window.new_zeros(n, end - start, s, s, span)
         for tap in range(k * k):
-            i, j = divmod(tap, k)
-            acc.addcmul_(window[..., i : i + height, j : j + width], taps[:, group, tap, None])
-        blocks = acc.permute(0, 1, 4, 2, 5, 3)  # (N, c, H, s, W, s): the output's memory order
+            offset = _tap_offset(tap, k, padded_width)
+            acc.addcmul_(window[..., offset : offset + span], taps[:, group, tap, None])
+        # Drop the extra columns; (N, c, H, s, W, s) is the output's memory order.
+        blocks = acc.view(n, end - start, s, s, height, padded_width)[..., :width].permute(0, 1, 4, 2, 5, 3)
         if out is None:
             pieces.append(blocks.reshape(n, end - start, height * s, width * s).to(features.dtype))
         else:
@@ -116,27 +131,30 @@ def _reassemble_backward(
     n, channels, height, width = features.shape
     k, s = kernel_size, scale_factor
     r = (k - 1) // 2
+    padded_width, span = width + 2 * r, height * (width + 2 * r)
     acc_dtype = _accumulator_dtype(features.dtype)
-    padded = F.pad(features, (r, r, r, r))
+    padded = _flat_padded(features, r)
     taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
     grad_padded = torch.zeros_like(padded, dtype=acc_dtype) if want_features else None
     grad_taps = torch.zeros_like(taps) if want_masks else None
 
-    for group, start, end in _channel_chunks(channels, group_size, n * s * s * height * width, whole_groups=False):
-        blocks = grad_out[:, start:end].reshape(n, end - start, height, s, width, s)
-        blocks = blocks.permute(0, 1, 3, 5, 2, 4).contiguous().to(acc_dtype)
+    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span, whole_groups=False):
+        blocks = grad_out[:, start:end].reshape(n, end - start, height, s, width, s).permute(0, 1, 3, 5, 2, 4)
+        # Zero in the extra columns, so they add nothing to grad_features.
+        blocks = F.pad(blocks, (0, 2 * r)).contiguous().flatten(-2).to(acc_dtype)  # (N, c, s, s, H·Wp)
         window = padded[:, start:end].to(acc_dtype)
         for tap in range(k * k):
-            i, j = divmod(tap, k)
+            offset = _tap_offset(tap, k, padded_width)
             if grad_padded is not None:
-                grad_padded[:, start:end, i : i + height, j : j + width] += (blocks * taps[:, group, tap, None]).sum((2, 3))
+                grad_padded[:, start:end, offset : offset + span] += (blocks * taps[:, group, tap, None]).sum((2, 3))
             if grad_taps is not None:
-                shifted = window[:, :, None, None, i : i + height, j : j + width]
-                grad_taps[:, group, tap] += (blocks * shifted).sum(1)
+                grad_taps[:, group, tap] += (blocks * window[:, :, None, None, offset : offset + span]).sum(1)
 
     grad_features = grad_masks = None
     if grad_padded is not None:
-        grad_features = grad_padded[:, :, r : r + height, r : r + width].to(features.dtype)
+        planes = grad_padded.view(n, channels, height + 2 * r + 1, padded_width)
+        grad_features = planes[:, :, r : r + height, r : r + width].to(features.dtype)
     if grad_taps is not None:
-        grad_masks = grad_taps.permute(0, 1, 2, 5, 3, 6, 4).reshape(masks.shape).to(masks.dtype)
+        grid = grad_taps.view(n, group_size, k * k, s, s, height, padded_width)[..., :width]
+        grad_masks = grid.permute(0, 1, 2, 5, 3, 6, 4).reshape(masks.shape).to(masks.dtype)
     return grad_features, grad_masks
