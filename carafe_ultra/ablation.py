@@ -8,6 +8,7 @@ interrupted ablation re-run skips what already finished.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -73,8 +74,6 @@ def resolve_model_yaml(name: str) -> Path:
 
 
 def _unscaled_name(name: str) -> str:
-    import re
-
     return re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name)
 
 
@@ -107,8 +106,6 @@ def arm_yaml(model: str, arm: str, folder: Path) -> str:
 
 
 def _with_scale(family: str, scale: str) -> str:
-    import re
-
     return re.sub(r"^(yolo(?:v)?\d+)", rf"\g<1>{scale}", family) if scale and family.startswith("yolo") else family
 
 
@@ -130,7 +127,7 @@ def _scale_of(row: list) -> int:
 def _input_channels(rows: list, index: int) -> int:
     """Nominal channels entering row ``index`` (what its Conv-like predecessor declares)."""
     row = rows[index]
-    if row[2] in CONV_LIKE and row[2] != "nn.Upsample":
+    if row[2] in CONV_LIKE:
         return int(row[3][0])  # a learned upsampler already states them
     source = row[0] if row[0] >= 0 else index + row[0]
     feeding = rows[source]
@@ -195,7 +192,8 @@ def latency_ms(network: torch.nn.Module, imgsz: int, device: str, repeats: int =
     """Median forward time of one image (batch 1, float32, eval mode, no pre/post-processing)."""
     import copy
 
-    device = "cpu" if str(device) == "cpu" else f"cuda:{str(device).split(',')[0]}" if str(device).isdigit() else device
+    first = str(device).split(",")[0].strip()  # Ultralytics' "0,1" style: time on the first device
+    device = torch.device(f"cuda:{first}" if first.isdigit() else first)
     net = copy.deepcopy(network).float().eval().to(device)
     x = torch.rand(1, 3, imgsz, imgsz, device=device)
     timings = []

@@ -91,3 +91,26 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path, capsys):
     again = run_ablation(settings)  # everything finished: nothing is trained again
     assert capsys.readouterr().out.count("already finished") == len(ARMS)
     assert again["arms"] == summary["arms"]
+
+
+def test_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    data = shapes_dataset(ShapesSpec(train_images=8, val_images=4, image_size=64, objects=(2, 5),
+                                     object_size=(8, 20)), root=tmp_path / "data")
+    script = Path(__file__).parents[1] / "scripts" / "ablate.py"
+    run = subprocess.run([sys.executable, str(script), "--data", str(data), "--epochs", "1", "--imgsz", "64",
+                          "--batch", "4", "--workers", "0", "--arms", "nearest", "carafe", "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| carafe |" in run.stdout and f"plot: {tmp_path / 'o' / 'summary.png'}" in run.stdout
+
+
+def test_latency_accepts_ultralytics_device_strings():
+    from carafe_ultra.ablation import latency_ms
+
+    net = torch.nn.Conv2d(3, 4, 3)
+    assert latency_ms(net, 32, "cpu", repeats=2) > 0
+    if torch.cuda.is_available():
+        assert latency_ms(net, 32, "0", repeats=2) > 0
