@@ -19,8 +19,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .baselines import unfold_matmul_carafe
+from .backends.cupy_backend import KERNEL_SOURCE, carafe_backward, carafe_forward
+from .backends.torch_backend import carafe_torch
+from .baselines import DySample, UnfoldMatmulCARAFE, unfold_matmul_carafe
 from .functional import carafe
+from .module import CARAFE
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,6 @@ GPU_REFERENCE = Case(n=16, channels=256, height=40, width=40, kernel=5, scale=2)
 
 
 def kernel_files() -> list[Path]:
-    from .backends.cupy_backend import KERNEL_SOURCE
-
     return [KERNEL_SOURCE]
 
 
@@ -209,15 +210,11 @@ def copy_bandwidth_gbs(mib: int = 1024) -> float:
 
 
 def _kernel_case(case: Case, dtype: str, rotate: int = 3) -> dict:
-    from .functional import carafe as op
-
     sets = [Case(**{**asdict(case), "dtype": dtype}).inputs("cuda") for _ in range(rotate)]
     for i, (features, masks) in enumerate(sets):  # distinct data per set
         features.add_(i)
     grads = [torch.randn(case.n, case.channels, case.height * case.scale, case.width * case.scale,
                          device="cuda", dtype=getattr(torch, dtype)) for _ in range(rotate)]
-    from .backends.cupy_backend import carafe_backward, carafe_forward
-
     forward_ms = cuda_median_ms(lambda i: carafe_forward(*sets[i], case.kernel, 1, case.scale), rotate=rotate)
     backward_ms = cuda_median_ms(lambda i: carafe_backward(grads[i], *sets[i], case.kernel, 1, case.scale), rotate=rotate)
     features, masks = sets[0]
@@ -225,9 +222,7 @@ def _kernel_case(case: Case, dtype: str, rotate: int = 3) -> dict:
     forward_bytes = (features.numel() + masks.numel() + grads[0].numel()) * size
     backward_bytes = (grads[0].numel() + 2 * features.numel() + 2 * masks.numel()) * size
     # Sanity: the kernels agree with the PyTorch path on this very case.
-    from .backends.torch_backend import carafe_torch
-
-    error = (op(features, masks, case.kernel, 1, case.scale).float()
+    error = (carafe(features, masks, case.kernel, 1, case.scale).float()
              - carafe_torch(features.float(), masks.float(), case.kernel, 1, case.scale)).abs().max().item()
     return {"case": {**asdict(case), "dtype": dtype}, "forward_ms": forward_ms, "backward_ms": backward_ms,
             "forward_bytes": forward_bytes, "backward_bytes": backward_bytes,
@@ -252,9 +247,6 @@ def _module_case(name: str, module: nn.Module, case: Case, dtype: torch.dtype, r
 def gpu_report() -> dict:
     """Everything ``scripts/benchmark.py --gpu`` measures, as one JSON-ready dict."""
     import cupy
-
-    from .baselines import DySample, UnfoldMatmulCARAFE
-    from .module import CARAFE
 
     torch.manual_seed(0)
     files = kernel_files()

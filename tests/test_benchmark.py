@@ -66,3 +66,20 @@ def test_dysample_starts_as_bilinear_upsampling_and_learns_offsets():
     module(torch.randn(1, 8, 4, 4)).square().sum().backward()
     assert module.offset.weight.grad.abs().sum() > 0
     assert sum(p.numel() for p in DySample(256).parameters()) == 256 * 32 + 32
+
+
+def test_gpu_report_helpers_without_a_gpu():
+    import hashlib
+
+    from carafe_ultra.benchmark import format_gpu_report, kernel_files, kernel_sha256
+
+    files = kernel_files()
+    assert [f.name for f in files] == ["carafe.cu"]
+    assert kernel_sha256(files) == hashlib.sha256(files[0].read_bytes()).hexdigest()
+    case = {"n": 16, "channels": 256, "height": 40, "width": 40, "kernel": 5, "scale": 2, "dtype": "float16"}
+    report = {"device": "GPU", "copy_bandwidth_gbs": 3000.0, "goals": {"fwd_bw_fraction_fp16": 0.8},
+              "cases": [{"case": case, "forward_ms": 0.1, "forward_gbs": 2400.0, "backward_ms": 0.3,
+                         "backward_gbs": 1600.0},
+                        {"case": case, "module": "dysample", "forward_backward_ms": 1.5}]}
+    text = format_gpu_report(report)
+    assert "copy bandwidth 3000 GB/s" in text and "fwd_bw_fraction_fp16=0.800" in text and "dysample" in text
