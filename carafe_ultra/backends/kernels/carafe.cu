@@ -79,6 +79,21 @@ CARAFE_DEVICE OutputPixel output_pixel(index_t index, index_t groups, index_t ou
     return p;
 }
 
+// Calls visit(tap, y * width + x) for each tap (i, j) of the window around (ph, pw) that lies inside the
+// input; taps outside count as zero, so they are simply skipped.
+template <typename Visit>
+CARAFE_DEVICE void for_each_inside_tap(index_t ph, index_t pw, index_t height, index_t width, Visit visit) {
+    for (int i = 0; i < CARAFE_K; ++i) {
+        const index_t y = ph + i - CARAFE_R;
+        if (y < 0 || y >= height) continue;
+        for (int j = 0; j < CARAFE_K; ++j) {
+            const index_t x = pw + j - CARAFE_R;
+            if (x < 0 || x >= width) continue;
+            visit(i * CARAFE_K + j, y * width + x);
+        }
+    }
+}
+
 // One thread per (batch, group, output row, output column), over a chunk of the group's channels
 // (blockIdx.y picks the chunk): the K*K mask values are read once into registers and reused by every
 // channel; adjacent threads write adjacent output columns.
@@ -103,15 +118,7 @@ CARAFE_DEVICE void forward(const T* __restrict__ features, const T* __restrict__
     for (index_t c = first; c < end; ++c) {
         const T* source = features + (n * channels + c) * height * width;
         float acc = 0.f;
-        for (int i = 0; i < CARAFE_K; ++i) {
-            const index_t y = ph + i - CARAFE_R;
-            if (y < 0 || y >= height) continue;
-            for (int j = 0; j < CARAFE_K; ++j) {
-                const index_t x = pw + j - CARAFE_R;
-                if (x < 0 || x >= width) continue;
-                acc += load(source + y * width + x) * weight[i * CARAFE_K + j];
-            }
-        }
+        for_each_inside_tap(ph, pw, height, width, [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
         store(out + (n * channels + c) * plane + oh * out_w + ow, acc);
     }
 }
@@ -134,15 +141,7 @@ CARAFE_DEVICE void backward_masks(const T* __restrict__ grad_out, const T* __res
     for (index_t c = g * per_group; c < (g + 1) * per_group; ++c) {
         const float go = load(grad_out + (n * channels + c) * plane + oh * out_w + ow);
         const T* source = features + (n * channels + c) * height * width;
-        for (int i = 0; i < CARAFE_K; ++i) {
-            const index_t y = ph + i - CARAFE_R;
-            if (y < 0 || y >= height) continue;
-            for (int j = 0; j < CARAFE_K; ++j) {
-                const index_t x = pw + j - CARAFE_R;
-                if (x < 0 || x >= width) continue;
-                acc[i * CARAFE_K + j] += go * load(source + y * width + x);
-            }
-        }
+        for_each_inside_tap(ph, pw, height, width, [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
     }
     T* grad = grad_masks + (n * groups + g) * CARAFE_TAPS * plane + oh * out_w + ow;
     for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * plane, acc[tap]);  // 0 for taps outside
