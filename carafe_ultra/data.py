@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ._checks import check_int
+
 CLASSES = ("disc", "square", "triangle", "ring", "cross")
 
 
@@ -31,6 +33,20 @@ class ShapesSpec:
     touching: float = 0.35  # chance that an object is placed against the previous one
     distractors: tuple[int, int] = (2, 6)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("train_images", self.train_images, minimum=1)
+        check_int("val_images", self.val_images, minimum=1)
+        check_int("image_size", self.image_size, minimum=16)
+        for name in ("objects", "object_size", "distractors"):
+            low, high = getattr(self, name)
+            check_int(f"{name}[0]", low, minimum=0)
+            if high < low:
+                raise ValueError(f"{name} must be a (low, high) range with high >= low, got {(low, high)}")
+        if self.object_size[0] < 4 or self.object_size[1] >= self.image_size:
+            raise ValueError(f"object_size must lie in [4, image_size) = [4, {self.image_size}), got {self.object_size}")
+        if not 0 <= self.touching <= 1:
+            raise ValueError(f"touching must be a probability in [0, 1], got {self.touching}")
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
