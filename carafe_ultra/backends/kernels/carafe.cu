@@ -65,18 +65,27 @@ CARAFE_DEVICE void store(bf16_bits* p, float v) {
 
 CARAFE_DEVICE index_t global_thread() { return (index_t)blockIdx.x * blockDim.x + threadIdx.x; }
 
-// The output pixel (n, g, oh, ow) a thread of the per-output-pixel kernels owns, ow fastest.
+// The output pixel a thread of the per-output-pixel kernels owns (ow fastest), as those kernels index it.
 struct OutputPixel {
-    index_t n, g, oh, ow;
+    index_t n, g;    // batch and group
+    index_t ph, pw;  // its source pixel (oh / S, ow / S)
+    index_t at;      // oh * out_w + ow: its offset within one output plane
+    index_t plane;   // out_h * out_w
 };
-CARAFE_DEVICE OutputPixel output_pixel(index_t index, index_t groups, index_t out_h, index_t out_w) {
-    const index_t plane = out_h * out_w;
-    OutputPixel p;
-    p.ow = index % out_w;
-    p.oh = (index / out_w) % out_h;
-    p.g = (index / plane) % groups;
-    p.n = index / (plane * groups);
-    return p;
+
+// Fills p for this thread; false for the threads past the last output pixel.
+CARAFE_DEVICE bool claim_output_pixel(index_t batch, index_t groups, index_t height, index_t width, OutputPixel& p) {
+    const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S;
+    const index_t index = global_thread();
+    p.plane = out_h * out_w;
+    if (index >= batch * groups * p.plane) return false;
+    const index_t ow = index % out_w, oh = (index / out_w) % out_h;
+    p.g = (index / p.plane) % groups;
+    p.n = index / (p.plane * groups);
+    p.ph = oh / CARAFE_S;
+    p.pw = ow / CARAFE_S;
+    p.at = oh * out_w + ow;
+    return true;
 }
 
 // Calls visit(tap, y * width + x) for each tap (i, j) of the window around (ph, pw) that lies inside the
@@ -101,25 +110,21 @@ template <typename T>
 CARAFE_DEVICE void forward(const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
                            index_t batch, index_t channels, index_t height, index_t width, index_t groups,
                            index_t channel_chunk) {
-    const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
-    const index_t index = global_thread();
-    if (index >= batch * groups * plane) return;
-    const OutputPixel p = output_pixel(index, groups, out_h, out_w);
-    const index_t n = p.n, g = p.g, oh = p.oh, ow = p.ow;
+    OutputPixel p;
+    if (!claim_output_pixel(batch, groups, height, width, p)) return;
 
     float weight[CARAFE_TAPS];
-    const T* mask = masks + (n * groups + g) * CARAFE_TAPS * plane + oh * out_w + ow;
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * plane);
+    const T* mask = masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + p.at;
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * p.plane);
 
     const index_t per_group = channels / groups;
-    const index_t first = g * per_group + (index_t)blockIdx.y * channel_chunk;
-    const index_t end = first + channel_chunk < (g + 1) * per_group ? first + channel_chunk : (g + 1) * per_group;
-    const index_t ph = oh / CARAFE_S, pw = ow / CARAFE_S;
+    const index_t first = p.g * per_group + (index_t)blockIdx.y * channel_chunk;
+    const index_t end = first + channel_chunk < (p.g + 1) * per_group ? first + channel_chunk : (p.g + 1) * per_group;
     for (index_t c = first; c < end; ++c) {
-        const T* source = features + (n * channels + c) * height * width;
+        const T* source = features + (p.n * channels + c) * height * width;
         float acc = 0.f;
-        for_each_inside_tap(ph, pw, height, width, [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
-        store(out + (n * channels + c) * plane + oh * out_w + ow, acc);
+        for_each_inside_tap(p.ph, p.pw, height, width, [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
+        store(out + (p.n * channels + c) * p.plane + p.at, acc);
     }
 }
 
@@ -129,22 +134,19 @@ template <typename T>
 CARAFE_DEVICE void backward_masks(const T* __restrict__ grad_out, const T* __restrict__ features,
                                   T* __restrict__ grad_masks, index_t batch, index_t channels, index_t height,
                                   index_t width, index_t groups) {
-    const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
-    const index_t index = global_thread();
-    if (index >= batch * groups * plane) return;
-    const OutputPixel p = output_pixel(index, groups, out_h, out_w);
-    const index_t n = p.n, g = p.g, oh = p.oh, ow = p.ow;
+    OutputPixel p;
+    if (!claim_output_pixel(batch, groups, height, width, p)) return;
 
     float acc[CARAFE_TAPS];
     for (int tap = 0; tap < CARAFE_TAPS; ++tap) acc[tap] = 0.f;
-    const index_t per_group = channels / groups, ph = oh / CARAFE_S, pw = ow / CARAFE_S;
-    for (index_t c = g * per_group; c < (g + 1) * per_group; ++c) {
-        const float go = load(grad_out + (n * channels + c) * plane + oh * out_w + ow);
-        const T* source = features + (n * channels + c) * height * width;
-        for_each_inside_tap(ph, pw, height, width, [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
+    const index_t per_group = channels / groups;
+    for (index_t c = p.g * per_group; c < (p.g + 1) * per_group; ++c) {
+        const float go = load(grad_out + (p.n * channels + c) * p.plane + p.at);
+        const T* source = features + (p.n * channels + c) * height * width;
+        for_each_inside_tap(p.ph, p.pw, height, width, [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
     }
-    T* grad = grad_masks + (n * groups + g) * CARAFE_TAPS * plane + oh * out_w + ow;
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * plane, acc[tap]);  // 0 for taps outside
+    T* grad = grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + p.at;
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * p.plane, acc[tap]);  // 0 for taps outside
 }
 
 // grad_features[n, c, h, w]: gathered from every output pixel whose window reads (h, w). Output pixels
