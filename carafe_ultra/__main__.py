@@ -1,23 +1,54 @@
-"""``python -m carafe_ultra models [NAME]``: where the shipped model YAMLs are, for the ``yolo`` command line."""
+"""``python -m carafe_ultra``: the package's command line.
+
+    python -m carafe_ultra models [NAME]           path of a shipped model YAML (or list them)
+    python -m carafe_ultra convert MODEL [-o DIR]  write MODEL with CARAFE in place of nn.Upsample; print the path
+    python -m carafe_ultra ablate [...]            train with each upsampler and compare (scripts/ablate.py)
+    python -m carafe_ultra benchmark [...]         side-by-side speed and memory (scripts/benchmark.py)
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from .integration import model_dir, model_yaml
+from .experiments import ablation, benchmark
+from .yamls import carafe_yaml, model_dir, model_yaml
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m carafe_ultra", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    models = commands.add_parser("models", help="print the path of a shipped YAML, or list them all")
-    models.add_argument("name", nargs="?", help="e.g. yolov8n-carafe.yaml (a YOLO scale letter may be added)")
-    args = parser.parse_args(argv)
+def _models(args: argparse.Namespace) -> None:
     if args.name:
         print(model_yaml(args.name))
     else:
         for path in sorted(model_dir().glob("*.yaml")):
             print(path)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    print(carafe_yaml(args.model, args.out_dir))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m carafe_ultra", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True)
+    models = commands.add_parser("models", help="print the path of a shipped YAML, or list them all")
+    models.add_argument("name", nargs="?", help="e.g. yolov8n-carafe.yaml (a YOLO scale letter may be added)")
+    models.set_defaults(run=_models)
+    convert = commands.add_parser("convert", help="write a model YAML with CARAFE in place of nn.Upsample")
+    convert.add_argument("model", help="a stock Ultralytics name (yolo26n-seg.yaml), one of ours, or a path")
+    convert.add_argument("-o", "--out-dir", dest="out_dir", default=None, help="folder to write to (default: .)")
+    convert.set_defaults(run=_convert)
+    for name, tool, summary in (("ablate", ablation, "train with each upsampler and compare them"),
+                                ("benchmark", benchmark, "side-by-side speed and memory measurements")):
+        command = commands.add_parser(name, help=summary, description=tool.__doc__,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        tool.add_arguments(command)
+        command.set_defaults(run=tool.main)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ that names it and says what was expected, instead of a shape error deep inside a
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 
@@ -61,8 +60,3 @@ def check_carafe_inputs(
             f"kernel_size={kernel_size}, group_size={group_size}, scale_factor={scale_factor}; "
             f"got {tuple(masks.shape)}"
         )
-
-
-def is_exporting() -> bool:
-    """True while TorchScript traces/scripts or ONNX exports: only plain torch ops may run then."""
-    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ._checks import check_carafe_inputs
@@ -36,7 +35,4 @@ def carafe(features: Tensor, masks: Tensor, kernel_size: int, group_size: int = 
     computes in the wider of the two and returns the features' dtype. Differentiable w.r.t. both inputs.
     """
     check_carafe_inputs(features, masks, kernel_size, group_size, scale_factor)
-    compute_dtype = torch.promote_types(features.dtype, masks.dtype)
-    backend = select_backend(features)
-    out = backend(features.to(compute_dtype), masks.to(compute_dtype), kernel_size, group_size, scale_factor)
-    return out.to(features.dtype)
+    return select_backend(features, masks)(features, masks, kernel_size, group_size, scale_factor)

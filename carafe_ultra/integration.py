@@ -1,16 +1,18 @@
-"""Ultralytics glue: make ``CARAFE`` a YAML module that parse_model treats like ``Conv``, and find our YAMLs.
+"""Ultralytics glue: make our upsamplers (``CARAFE``, ``DySample``) YAML modules that parse_model treats like
+``Conv``.
 
 Ultralytics has no module registry: ``parse_model`` resolves YAML names from the globals of
 ``ultralytics.nn.tasks`` and decides which modules get ``c1`` prepended and ``c2`` width-scaled from a
 frozenset (``base_modules``) that it builds locally on every call (since 8.3.65). So :func:`register`
-injects ``CARAFE`` (and the ``DySample`` baseline, for the ablation) into those globals and rebuilds
-``parse_model`` from its own source with both added to that set: their rows then get exactly Conv's channel
-handling at every model scale. Anything that does
-not match the expected source fails with a message naming the Ultralytics version.
+injects our modules (the table in :mod:`carafe_ultra.upsamplers`) into those globals and rebuilds
+``parse_model`` from its own source with them added to that set: their rows then get exactly Conv's channel
+handling at every model scale. Anything that does not match the expected source fails with a message naming the
+Ultralytics version.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import inspect
@@ -19,15 +21,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+from torch import nn
+
 from .module import CARAFE
+from .upsamplers import OUR_MODULES
 
 SUPPORTED_ULTRALYTICS = ">=8.3.65,<8.5"
 _MIN_VERSION, _MAX_VERSION = (8, 3, 65), (8, 5)
-_BASE_MODULES = re.compile(r"(base_modules\s*=\s*frozenset\(\s*\{)")
 
 
 class UnsupportedUltralyticsError(RuntimeError):
-    """The installed Ultralytics cannot be taught CARAFE by this version of carafe-ultra."""
+    """The installed Ultralytics cannot be taught our modules by this version of carafe-ultra."""
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
@@ -42,7 +46,7 @@ def _unsupported(version: str, why: str) -> UnsupportedUltralyticsError:
 
 
 def register() -> None:
-    """Teach Ultralytics the ``CARAFE`` YAML module (idempotent).
+    """Teach Ultralytics the ``CARAFE`` and ``DySample`` YAML modules (idempotent).
 
     Runs automatically when ``ultralytics.nn.tasks`` is imported in an environment where carafe-ultra is
     installed (see ``_carafe_ultra_autoload``); call it yourself only with ``CARAFE_ULTRA_AUTOREGISTER=0``.
@@ -60,80 +64,129 @@ def register() -> None:
     if not _MIN_VERSION <= _version_tuple(version) < _MAX_VERSION:
         raise _unsupported(version, "outside the supported range")
 
-    from .baselines import DySample
-
-    tasks.CARAFE, tasks.DySample = CARAFE, DySample  # parse_model resolves YAML names from these globals
-    parse_model = _with_layer_errors(_parse_model_with_carafe(tasks, version))
+    for name, module_class in OUR_MODULES.items():
+        setattr(tasks, name, module_class)  # parse_model resolves YAML names from these globals
+    parse_model = _with_row_checks(_parse_model_with_ours(tasks, version))
     tasks.parse_model = parse_model
     sys.modules["ultralytics.nn"].parse_model = parse_model  # the package re-exports it
     _register_flops_rule()
 
 
-def _parse_model_with_carafe(tasks, version: str):
-    """``tasks.parse_model`` recompiled from its source with CARAFE in ``base_modules``."""
-    original = tasks.parse_model
+def _parse_model_source(tasks, version: str) -> tuple[str, ast.Set]:
+    """The dedented source of ``tasks.parse_model`` and the set literal inside its ``base_modules = frozenset(...)``."""
     try:
-        source = textwrap.dedent(inspect.getsource(original))
+        # getsource unwraps our wrapper; the recompiled function's lines are the file's own.
+        source = textwrap.dedent(inspect.getsource(tasks.parse_model))
     except (OSError, TypeError) as error:
         raise _unsupported(version, f"the source of parse_model is not available ({error})") from error
-    patched, count = _BASE_MODULES.subn(r"\1CARAFE, DySample, ", source, count=1)
-    if count != 1:
-        raise _unsupported(version, "parse_model no longer builds a base_modules frozenset")
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Assign)
+            and any(isinstance(target, ast.Name) and target.id == "base_modules" for target in node.targets)
+            and isinstance(node.value, ast.Call)
+            and getattr(node.value.func, "id", None) == "frozenset"
+            and node.value.args
+            and isinstance(node.value.args[0], ast.Set)
+        ):
+            return source, node.value.args[0]
+    raise _unsupported(version, "parse_model no longer builds a base_modules frozenset")
+
+
+def _parse_model_with_ours(tasks, version: str):
+    """``tasks.parse_model`` recompiled from its source with our modules in ``base_modules``."""
+    original = tasks.parse_model
+    source, base_modules = _parse_model_source(tasks, version)
+    lines = source.splitlines(keepends=True)
+    first = base_modules.elts[0]
+    line = lines[first.lineno - 1].encode()  # ast column offsets count UTF-8 bytes
+    insertion = "".join(f"{name}, " for name in OUR_MODULES).encode()
+    lines[first.lineno - 1] = (line[: first.col_offset] + insertion + line[first.col_offset :]).decode()
     # Pad with blank lines so tracebacks point at the real lines of tasks.py.
-    code = compile("\n" * (original.__code__.co_firstlineno - 1) + patched, original.__code__.co_filename, "exec")
+    code = compile("\n" * (original.__code__.co_firstlineno - 1) + "".join(lines), original.__code__.co_filename, "exec")
     namespace: dict = {}
     exec(code, vars(tasks), namespace)
     return namespace[original.__name__]
 
 
-def _with_layer_errors(parse_model):
-    """Check CARAFE rows up front and name the YAML layer in any error CARAFE raises while building."""
+@functools.cache
+def conv_like_modules() -> frozenset[type[nn.Module]]:
+    """Modules whose YAML rows parse_model treats like Conv's (args[0] is the nominal output channels):
+    Ultralytics' own ``base_modules``, read from its source, and ours."""
+    import ultralytics
+    from ultralytics.nn import tasks
+
+    register()
+    _, base_modules = _parse_model_source(tasks, ultralytics.__version__)
+    namespace = vars(tasks)
+    classes = set()
+    for element in base_modules.elts:
+        first, *rest = ast.unparse(element).split(".")  # "Conv" or "torch.nn.ConvTranspose2d"
+        classes.add(functools.reduce(getattr, rest, namespace[first]))
+    return frozenset(classes | set(OUR_MODULES.values()))
+
+
+def yaml_module_class(name: str) -> type[nn.Module]:
+    """The class a YAML module name stands for, resolved the way parse_model resolves it."""
+    from ultralytics.nn import tasks
+
+    register()
+    if name.startswith("nn."):
+        return getattr(nn, name[3:])
+    if name.startswith("torchvision.ops."):
+        return getattr(importlib.import_module("torchvision.ops"), name[len("torchvision.ops."):])
+    return getattr(tasks, name)
+
+
+def _with_row_checks(parse_model):
+    """Check our modules' rows up front and name the YAML layer in any error they raise while being built."""
 
     @functools.wraps(parse_model)
-    def parse_model_with_carafe(d, *args, **kwargs):
+    def parse_model_with_ours(d, *args, **kwargs):
         rows = list(d.get("backbone", [])) + list(d.get("head", []))
         for index, row in enumerate(rows):
-            if len(row) == 4 and row[2] == "CARAFE":
-                _check_row(index, row)
+            if len(row) == 4 and row[2] in OUR_MODULES:
+                _check_row(index, row, OUR_MODULES[row[2]])
         try:
             return parse_model(d, *args, **kwargs)
         except (TypeError, ValueError) as error:
-            layer = _failing_carafe_layer(error.__traceback__, parse_model.__code__)
+            layer = _failing_layer(error.__traceback__, parse_model.__code__)
             if layer is None:
                 raise
-            index, built_args = layer
-            raise type(error)(f"model YAML layer {index} {rows[index]} -> CARAFE{tuple(built_args)}: {error}") from error
+            index, module_class, built_args = layer
+            raise type(error)(
+                f"model YAML layer {index} {rows[index]} -> {module_class.__name__}{tuple(built_args)}: {error}"
+            ) from error
 
-    parse_model_with_carafe._carafe_ultra = True
-    return parse_model_with_carafe
+    parse_model_with_ours._carafe_ultra = True
+    return parse_model_with_ours
 
 
-def _check_row(index: int, row: list) -> None:
+def _check_row(index: int, row: list, module_class: type[nn.Module]) -> None:
+    """Raise ``ValueError`` naming the layer if a row of one of our modules cannot be what it means."""
     source, repeats, _, args = row
+    names = list(inspect.signature(module_class).parameters)[1:]  # parse_model prepends c1
     problem = None
     if not isinstance(source, int):
-        problem = f"'from' must be a single layer index (CARAFE takes one input), got {source!r}"
+        problem = f"'from' must be a single layer index ({module_class.__name__} takes one input), got {source!r}"
     elif repeats != 1:
         problem = f"'repeats' must be 1, got {repeats!r}"
     elif not isinstance(args, list) or not args:
-        problem = "args must be a list starting with the output channels, e.g. [256] or [256, 3, 2]"
+        problem = "args must be a list starting with the output channels, e.g. [256]"
     elif isinstance(args[0], bool) or not isinstance(args[0], int) or args[0] < 1:
         problem = f"args[0] must be the output channels (a positive int, scaled like Conv's), got {args[0]!r}"
-    elif len(args) > 6:
-        problem = (
-            "at most 6 args: [c2, kernel_size, up_factor, encoder_kernel, compressed_channels, groups], "
-            f"got {len(args)}"
-        )
+    elif len(args) > len(names):
+        problem = f"at most {len(names)} args: [{', '.join(names)}], got {len(args)}"
     if problem:
         raise ValueError(f"model YAML layer {index} {row}: {problem}")
 
 
-def _failing_carafe_layer(traceback, parse_model_code):
-    """(layer index, constructor args) if the error came from building a CARAFE layer, else None."""
+def _failing_layer(traceback, parse_model_code):
+    """(layer index, module class, constructor args) if the error came from building one of ours, else None."""
+    ours = set(OUR_MODULES.values())
     while traceback is not None:
         frame = traceback.tb_frame
-        if frame.f_code is parse_model_code and frame.f_locals.get("m") is CARAFE:
-            return frame.f_locals.get("i"), frame.f_locals.get("args", ())
+        if frame.f_code is parse_model_code and frame.f_locals.get("m") in ours:
+            return frame.f_locals.get("i"), frame.f_locals["m"], frame.f_locals.get("args", ())
         traceback = traceback.tb_next
     return None
 
@@ -152,22 +205,13 @@ def _register_flops_rule() -> None:
     thop_profile.register_hooks[CARAFE] = _count_reassembly_macs
 
 
-def model_dir() -> Path:
-    """Folder of the model YAMLs that ship with carafe-ultra."""
-    packaged = Path(__file__).parent / "models"  # wheels carry them inside the package
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "models"  # source checkout
+def ultralytics_model(model: str | Path):
+    """The Ultralytics model object for a YAML or checkpoint, chosen as the ``yolo`` command chooses it
+    (``RTDETR`` when "rtdetr" is in the file name, else ``YOLO``, which picks the task)."""
+    from ultralytics import RTDETR, YOLO
+
+    return RTDETR(model) if "rtdetr" in Path(model).stem.lower() else YOLO(model)
 
 
-def model_yaml(name: str) -> str:
-    """Path of a shipped model YAML, by file name; a YOLO scale letter may be added as usual.
-
-    ``model_yaml("yolov8n-carafe.yaml")`` returns ``.../yolov8n-carafe.yaml`` in the shipped folder: Ultralytics
-    reads the scale ``n`` from that name and loads ``yolov8-carafe.yaml`` beside it.
-    """
-    name = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
-    path = model_dir() / name
-    unscaled = model_dir() / re.sub(r"(\d+)([nslmx])(-.+)?\.ya?ml$", r"\1\3.yaml", name)
-    if not (path.is_file() or unscaled.is_file()):
-        available = ", ".join(sorted(p.name for p in model_dir().glob("*.yaml")))
-        raise FileNotFoundError(f"no shipped model YAML named {name!r}; available: {available}")
-    return str(path)
+__all__ = ["SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "conv_like_modules", "register",
+           "ultralytics_model", "yaml_module_class"]

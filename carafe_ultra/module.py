@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -76,16 +77,26 @@ class CARAFE(nn.Module):
     def masks(self, x: Tensor) -> Tensor:
         """Reassembly masks (N, groups·k², H·s, W·s), softmax-normalised over each group's k² taps."""
         logits = F.pixel_shuffle(self.encoder(self.compressor(x)), self.up_factor)
-        n, _, height, width = logits.shape
-        taps = logits.view(n, self.groups, self.kernel_size**2, height, width).softmax(dim=2)
-        return taps.view(n, -1, height, width)
+        return logits.unflatten(1, (self.groups, self.kernel_size**2)).softmax(dim=2).flatten(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.c1:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"CARAFE expects input of shape (N, {self.c1}, H, W), got {got}")
+        x = _checked_input(x, self.c1)
         features = x if self.projection is None else self.projection(x)
         return carafe(features, self.masks(x), self.kernel_size, self.groups, self.up_factor)
 
     def extra_repr(self) -> str:
         return f"c1={self.c1}, c2={self.c2}, kernel_size={self.kernel_size}, up_factor={self.up_factor}, groups={self.groups}"
+
+
+# torch.fx (and torchvision's create_feature_extractor) records calls to these instead of tracing into them:
+# their checks look at real shapes, which symbolic tracing does not have.
+torch.fx.wrap("carafe")
+
+
+@torch.fx.wrap
+def _checked_input(x: Tensor, channels: int) -> Tensor:
+    """``x`` itself, once it is known to be (N, channels, H, W); it flows on so graph passes keep the check."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"CARAFE expects input of shape (N, {channels}, H, W), got {got}")
+    return x

@@ -1,32 +1,7 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-
-# (n, channels, height, width, kernel, groups, scale): odd, non-square, tiny (every pixel a border), grouped.
-SHAPES = [
-    (2, 4, 5, 7, 3, 1, 2),
-    (1, 6, 3, 4, 5, 3, 3),
-    (2, 8, 6, 5, 7, 4, 1),
-    (1, 4, 1, 1, 5, 2, 4),
-    (3, 2, 2, 3, 7, 1, 3),
-    (1, 4, 4, 4, 1, 4, 2),
-    (2, 3, 9, 2, 3, 3, 4),
-]
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-def random_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch.float64, requires_grad=False):
-    """Features and softmax-normalised masks for one CARAFE call."""
-    features = torch.randn(n, channels, height, width, dtype=dtype)
-    logits = torch.randn(n, groups, kernel * kernel, height * scale, width * scale, dtype=dtype)
-    masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, height * scale, width * scale)
-    return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)

@@ -1,15 +1,25 @@
 """The CPU benchmark runs end to end, and its baseline computes the same thing as the op."""
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from conftest import random_inputs
-from reference import carafe_reference
+from tests.helpers import random_inputs
+from tests.reference import carafe_reference
 
-from carafe_ultra.baselines import unfold_matmul_carafe
-from carafe_ultra.benchmark import Case, PeakMemory, cpu_reassembly_comparison, format_cpu_comparison
+from carafe_ultra import CARAFE
+from carafe_ultra.experiments.baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
+from carafe_ultra.experiments.benchmark import (
+    Case,
+    PeakMemory,
+    cpu_reassembly_comparison,
+    format_cpu_comparison,
+    format_gpu_report,
+    kernel_files,
+    kernel_sha256,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,35 +54,13 @@ def test_script_writes_json(tmp_path):
 
 
 def test_unfold_matmul_module_equals_carafe_module():
-    from carafe_ultra import CARAFE
-    from carafe_ultra.baselines import UnfoldMatmulCARAFE
-
     ours, blog = CARAFE(16, kernel_size=5), UnfoldMatmulCARAFE(16, kernel_size=5)
     blog.load_state_dict(ours.state_dict())
     x = torch.randn(2, 16, 7, 6)
     torch.testing.assert_close(blog(x), ours(x))
 
 
-def test_dysample_starts_as_bilinear_upsampling_and_learns_offsets():
-    from carafe_ultra.baselines import DySample
-
-    for scale in (2, 3):
-        module = DySample(8, scale=scale, groups=4)
-        torch.nn.init.zeros_(module.offset.weight)
-        x = torch.randn(2, 8, 5, 7)
-        bilinear = torch.nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
-        torch.testing.assert_close(module(x), bilinear, rtol=1e-5, atol=1e-5)
-    module = DySample(8)
-    module(torch.randn(1, 8, 4, 4)).square().sum().backward()
-    assert module.offset.weight.grad.abs().sum() > 0
-    assert sum(p.numel() for p in DySample(256).parameters()) == 256 * 32 + 32
-
-
 def test_gpu_report_helpers_without_a_gpu():
-    import hashlib
-
-    from carafe_ultra.benchmark import format_gpu_report, kernel_files, kernel_sha256
-
     files = kernel_files()
     assert [f.name for f in files] == ["carafe.cu"]
     assert kernel_sha256(files) == hashlib.sha256(files[0].read_bytes()).hexdigest()

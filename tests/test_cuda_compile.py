@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from carafe_ultra.backends.cupy_backend import KERNEL_SOURCE, nvrtc_options
+from carafe_ultra.backends.cuda_backend import KERNEL_SOURCE, nvrtc_options
 
 if os.environ.get("CI"):  # CI installs the cuda12 extra: a missing CuPy there is a failure, not a skip
     import cupy  # noqa: F401
@@ -13,7 +13,7 @@ else:
     pytest.importorskip("cupy")
 from cupy.cuda import nvrtc  # noqa: E402
 
-import nvrtc12  # noqa: E402
+from tests import nvrtc12  # noqa: E402
 
 ENTRY_POINTS = {f"carafe_{op}_{t}" for op in ("forward", "backward_masks", "backward_features")
                 for t in ("f32", "f16", "bf16")}

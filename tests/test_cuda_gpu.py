@@ -5,13 +5,14 @@ import gc
 
 import pytest
 import torch
-from conftest import SHAPES, random_inputs
+from tests.helpers import SHAPES, random_inputs
 
 from carafe_ultra import CARAFE, carafe
-from carafe_ultra.backends import BACKEND_VARIABLE, cupy_backend, select_backend
+from carafe_ultra.backends import BACKEND_VARIABLE, carafe_cuda, select_backend
+from carafe_ultra.backends.cuda_backend import cupy_importable
 from carafe_ultra.backends.torch_backend import carafe_torch
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or cupy_backend() is None,
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not cupy_importable(),
                                 reason="needs a CUDA GPU and CuPy")
 
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
@@ -32,7 +33,7 @@ def relative_error(got, want):
 
 def test_cuda_tensors_dispatch_to_cupy():
     features, _ = cuda_inputs(SHAPES[0], torch.float32)
-    assert select_backend(features) is cupy_backend()
+    assert select_backend(features, features) is carafe_cuda
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
@@ -122,7 +123,7 @@ def test_torch_compile_without_graph_break():
 
 
 def test_opcheck():
-    from carafe_ultra.backends.cupy_backend import carafe_forward
+    from carafe_ultra.backends.cuda_backend import carafe_forward
 
     features, masks = cuda_inputs((2, 8, 5, 6, 3, 2, 2), torch.float32)
     torch.library.opcheck(carafe_forward, (features, masks, 3, 2, 2))
@@ -148,7 +149,7 @@ def test_warns_once_and_falls_back_without_cupy(monkeypatch, recwarn):
     import carafe_ultra.backends as backends
 
     monkeypatch.delenv(BACKEND_VARIABLE, raising=False)
-    monkeypatch.setattr(backends, "cupy_backend", lambda: None)
+    monkeypatch.setattr(backends, "cupy_importable", lambda: False)
     backends._warn_no_cupy.cache_clear()
     features, masks = cuda_inputs(SHAPES[0], torch.float32, requires_grad=False)
     for _ in range(3):

@@ -12,10 +12,10 @@ import subprocess
 
 import pytest
 import torch
-from conftest import SHAPES, random_inputs
-from reference import carafe_reference
+from tests.helpers import SHAPES, random_inputs
+from tests.reference import carafe_reference
 
-from carafe_ultra.backends.cupy_backend import KERNEL_DIR, THREADS_PER_BLOCK, launch_geometry
+from carafe_ultra.backends.cuda_backend import KERNEL_DIR, THREADS_PER_BLOCK, launch_geometry
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 

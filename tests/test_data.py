@@ -2,7 +2,7 @@
 
 import pytest
 
-from carafe_ultra.data import CLASSES, ShapesSpec, shapes_dataset
+from carafe_ultra.experiments.data import CLASSES, ShapesSpec, shapes_dataset
 
 
 def test_deterministic_and_cached(tmp_path):

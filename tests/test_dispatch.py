@@ -13,12 +13,12 @@ def inputs():
 
 def test_cpu_tensors_use_the_torch_path(monkeypatch):
     monkeypatch.delenv(BACKEND_VARIABLE, raising=False)
-    assert select_backend(inputs()[0]) is carafe_torch
+    assert select_backend(*inputs()) is carafe_torch
 
 
 def test_forcing_torch(monkeypatch):
     monkeypatch.setenv(BACKEND_VARIABLE, "torch")
-    assert select_backend(inputs()[0]) is carafe_torch
+    assert select_backend(*inputs()) is carafe_torch
     carafe(*inputs(), 3, 1, 2)
 
 
@@ -37,7 +37,7 @@ def test_unknown_backend_name(monkeypatch):
 def test_custom_ops_are_registered_with_fake_implementations():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from carafe_ultra.backends.cupy_backend import carafe_backward, carafe_forward
+    from carafe_ultra.backends.cuda_backend import carafe_backward, carafe_forward
 
     with FakeTensorMode():
         features, masks = torch.empty(2, 8, 5, 6), torch.empty(2, 2 * 9, 15, 18)

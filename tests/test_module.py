@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from reference import carafe_reference
+from tests.reference import carafe_reference
 
 from carafe_ultra import CARAFE
 
@@ -125,3 +125,19 @@ def test_torch_compile_fullgraph_on_cpu():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert x.grad is not None and module.encoder.weight.grad is not None
+
+
+def test_torch_fx_and_feature_extraction():
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), CARAFE(8, 16, kernel_size=3),
+                                  torch.nn.Conv2d(16, 4, 1))
+    x = torch.randn(2, 3, 5, 6)
+    expected = network(x)
+    traced = torch.fx.symbolic_trace(network)
+    torch.testing.assert_close(traced(x), expected)
+    features = create_feature_extractor(network, return_nodes={"1": "upsampled", "2": "out"})(x)
+    assert features["upsampled"].shape == (2, 16, 10, 12)
+    torch.testing.assert_close(features["out"], expected)
+    with pytest.raises(ValueError, match=r"CARAFE expects input of shape \(N, 8, H, W\), got \(1, 3, 5, 5\)"):
+        torch.fx.symbolic_trace(network[1])(torch.randn(1, 3, 5, 5))  # the traced graph still checks its input

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import SHAPES, random_inputs
-from reference import carafe_reference
+from tests.helpers import SHAPES, random_inputs
+from tests.reference import carafe_reference
 
 from carafe_ultra import carafe
 from carafe_ultra.backends import torch_backend

@@ -27,7 +27,11 @@ def test_wheel_contents(wheel):
     assert {"carafe_ultra_autoload.pth", "_carafe_ultra_autoload.py", "carafe_ultra/__init__.py",
             "carafe_ultra/backends/kernels/carafe.cu", "carafe_ultra/backends/kernels/host_shim.cpp"} <= names
     shipped = {n.split("/")[-1] for n in names if n.startswith("carafe_ultra/models/")}
-    assert {p.name for p in (ROOT / "models").glob("*.yaml")} == shipped
+    assert {p.name for p in (ROOT / "carafe_ultra" / "models").glob("*.yaml")} == shipped
+    (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+    text = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "License-Expression: AGPL-3.0-only" in text
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
 def test_installed_wheel_registers_in_a_fresh_interpreter(wheel, tmp_path):

@@ -11,30 +11,18 @@ import pytest
 import torch
 import ultralytics
 import yaml
-from ultralytics.nn.tasks import DetectionModel, RTDETRDetectionModel
+from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
 import carafe_ultra
-from carafe_ultra import CARAFE, model_yaml
-from carafe_ultra.integration import UnsupportedUltralyticsError, _parse_model_with_carafe
-
-STOCK = Path(ultralytics.__file__).parent / "cfg" / "models"
-SHIPPED = {
-    "rtdetr-l-carafe.yaml": STOCK / "rt-detr" / "rtdetr-l.yaml",
-    "rtdetr-x-carafe.yaml": STOCK / "rt-detr" / "rtdetr-x.yaml",
-    "rtdetr-resnet50-carafe.yaml": STOCK / "rt-detr" / "rtdetr-resnet50.yaml",
-    "rtdetr-resnet101-carafe.yaml": STOCK / "rt-detr" / "rtdetr-resnet101.yaml",
-    "yolov8-carafe.yaml": STOCK / "v8" / "yolov8.yaml",
-    "yolo11-carafe.yaml": STOCK / "11" / "yolo11.yaml",
-}
+from carafe_ultra import CARAFE, DySample, model_yaml
+from carafe_ultra.integration import UnsupportedUltralyticsError, _parse_model_with_ours, ultralytics_model
+from tests.helpers import SHIPPED_FROM as SHIPPED
 
 
-def build(path, scale=""):
-    """Build a detection model from a YAML path; a YOLO scale letter goes after the family name."""
-    path = Path(path)
-    cfg = path.with_name(re.sub(r"^(yolov8|yolo11)", rf"\g<1>{scale}", path.name))
-    cls = RTDETRDetectionModel if "rtdetr" in path.stem else DetectionModel
-    return cls(str(cfg), verbose=False)
+def build(name):
+    """The PyTorch model a YAML name builds, as the yolo command builds it."""
+    return ultralytics_model(name).model
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -54,12 +42,13 @@ def test_shipped_yaml_is_stock_except_upsample_rows(name):
         k: v for k, v in stock.items() if k not in ("backbone", "head")}
 
 
-@pytest.mark.parametrize("name,scale", [("yolov8-carafe.yaml", "n"), ("yolov8-carafe.yaml", "x"),
-                                        ("yolo11-carafe.yaml", "s"), ("yolo11-carafe.yaml", "l"),
-                                        ("rtdetr-l-carafe.yaml", ""), ("rtdetr-resnet50-carafe.yaml", "")])
-def test_channels_match_stock_model_at_every_scale(name, scale):
-    ours = build(model_yaml(name), scale)
-    stock = build(SHIPPED[name], scale)
+@pytest.mark.parametrize("ours,stock", [("yolov8n-carafe.yaml", "yolov8n.yaml"), ("yolov8x-carafe.yaml", "yolov8x.yaml"),
+                                        ("yolo11s-carafe.yaml", "yolo11s.yaml"), ("yolo11l-carafe.yaml", "yolo11l.yaml"),
+                                        ("rtdetr-l-carafe.yaml", "rtdetr-l.yaml"),
+                                        ("rtdetr-resnet50-carafe.yaml", "rtdetr-resnet50.yaml")])
+def test_channels_match_stock_model_at_every_scale(ours, stock):
+    ours = build(model_yaml(ours))
+    stock = build(stock)
     carafes = [m for m in ours.model if isinstance(m, CARAFE)]
     assert len(carafes) == 2 and all(m.projection is None for m in carafes)
     extra = sum(p.numel() for m in carafes for p in m.parameters())
@@ -79,20 +68,13 @@ def test_large_models_build(name):
     assert sum(isinstance(m, CARAFE) for m in model.model) == 2
 
 
-def test_model_yaml_paths():
-    assert Path(model_yaml("yolov8n-carafe.yaml")).parent == carafe_ultra.model_dir()
-    assert Path(model_yaml("rtdetr-l-carafe")).is_file()
-    with pytest.raises(FileNotFoundError, match="available: rtdetr-l-carafe.yaml"):
-        model_yaml("yolov5-carafe.yaml")
-
-
 def test_register_is_idempotent():
     from ultralytics.nn import tasks
 
     before = tasks.parse_model
     carafe_ultra.register()
     carafe_ultra.register()
-    assert tasks.parse_model is before and tasks.CARAFE is CARAFE
+    assert tasks.parse_model is before and tasks.CARAFE is CARAFE and tasks.DySample is DySample
 
 
 def _yaml_with_row(tmp_path, row, name="yolov8n-bad.yaml"):
@@ -106,15 +88,22 @@ def _yaml_with_row(tmp_path, row, name="yolov8n-bad.yaml"):
 @pytest.mark.parametrize(
     "row,pattern",
     [
-        ([-1, 1, "CARAFE", [1024, 4, 2]], r"model YAML layer 10 .*kernel_size must be odd"),
+        ([-1, 1, "CARAFE", [1024, 4, 2]], r"model YAML layer 10 .*-> CARAFE\(256, 256, 4, 2\): kernel_size must be odd"),
         ([-1, 1, "CARAFE", [1024, 5, 2, 3, 64, 3]], r"model YAML layer 10 .*divisible by groups \(3\)"),
         ([-1, 2, "CARAFE", [1024]], r"model YAML layer 10 .*'repeats' must be 1"),
-        ([[-1, 6], 1, "CARAFE", [1024]], r"model YAML layer 10 .*single layer index"),
+        ([[-1, 6], 1, "CARAFE", [1024]], r"model YAML layer 10 .*single layer index \(CARAFE takes one input\)"),
         ([-1, 1, "CARAFE", []], r"model YAML layer 10 .*output channels"),
         ([-1, 1, "CARAFE", ["a"]], r"model YAML layer 10 .*args\[0\] must be the output channels"),
+        ([-1, 1, "CARAFE", [1024, 5, 2, 3, 64, 1, 9]],
+         r"at most 6 args: \[c2, kernel_size, up_factor, encoder_kernel, compressed_channels, groups\], got 7"),
+        ([-1, 1, "DySample", [1024, 2, 3]], r"model YAML layer 10 .*-> DySample\(256, 256, 2, 3\): channels \(c1\) "
+                                            r"\(256\) must be divisible by groups \(3\)"),
+        ([-1, 1, "DySample", [512, 2]], r"model YAML layer 10 .*DySample keeps the channels: c2 must equal c1 \(256\)"),
+        ([-1, 1, "DySample", [1024, 2, 4, 0.25, 1]], r"at most 4 args: \[c2, scale, groups, scope\], got 5"),
+        ([[-1, 6], 1, "DySample", [1024]], r"single layer index \(DySample takes one input\)"),
     ],
 )
-def test_wrong_carafe_row_names_the_layer(tmp_path, row, pattern):
+def test_wrong_row_of_our_modules_names_the_layer(tmp_path, row, pattern):
     with pytest.raises(ValueError, match=pattern):
         DetectionModel(str(_yaml_with_row(tmp_path, row)), verbose=False)
 
@@ -122,7 +111,7 @@ def test_wrong_carafe_row_names_the_layer(tmp_path, row, pattern):
 def test_flops_count_the_reassembly():
     thop_profile = importlib.import_module("thop.profile")  # the module: thop.profile is also a function
 
-    model = build(model_yaml("yolov8-carafe.yaml"), "n")
+    model = build(model_yaml("yolov8n-carafe.yaml"))
     with_rule = get_flops(model, imgsz=64)
     rule = thop_profile.register_hooks.pop(CARAFE)
     try:
@@ -135,10 +124,10 @@ def test_flops_count_the_reassembly():
     assert with_rule - without_rule == pytest.approx(reassembly_gflops, rel=1e-6)
 
 
-@pytest.mark.parametrize("name", ["yolov8-carafe.yaml", "rtdetr-l-carafe.yaml"])
+@pytest.mark.parametrize("name", ["yolov8n-carafe.yaml", "rtdetr-l-carafe.yaml"])
 def test_half_precision_inference(name):
     # What validation during training does on a GPU: model.half(), no autocast.
-    model = build(model_yaml(name), "n" if "yolo" in name else "").eval()
+    model = build(model_yaml(name)).eval()
     outputs = []
     for m in model.modules():
         if isinstance(m, CARAFE):
@@ -188,19 +177,10 @@ def test_parse_model_without_base_modules_fails_clearly():
             return d
 
     with pytest.raises(UnsupportedUltralyticsError, match="no longer builds a base_modules frozenset"):
-        _parse_model_with_carafe(FakeTasks, "9.0.0")
+        _parse_model_with_ours(FakeTasks, "9.0.0")
 
 
 def test_pyproject_declares_the_tested_range():
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert re.search(r'"ultralytics>=8\.3\.65,<8\.5"', text)
     assert (8, 3, 65) <= tuple(int(p) for p in ultralytics.__version__.split(".")[:3]) < (8, 5)
-
-
-def test_models_command_prints_paths():
-    run = subprocess.run([sys.executable, "-m", "carafe_ultra", "models", "yolo11s-carafe.yaml"],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0 and run.stdout.strip() == model_yaml("yolo11s-carafe.yaml")
-    listing = subprocess.run([sys.executable, "-m", "carafe_ultra", "models"], capture_output=True, text=True,
-                             timeout=120).stdout.split()
-    assert len(listing) == len(SHIPPED)

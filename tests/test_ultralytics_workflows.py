@@ -13,7 +13,7 @@ import torch
 from ultralytics import RTDETR, YOLO
 
 from carafe_ultra import CARAFE, model_yaml
-from carafe_ultra.data import ShapesSpec, shapes_dataset
+from tests.helpers import tiny_dataset
 
 YOLO_CLI = str(Path(sys.executable).with_name("yolo"))
 ENV = {**os.environ, "YOLO_OFFLINE": "1"}
@@ -42,8 +42,12 @@ def epochs_logged(run_dir):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    spec = ShapesSpec(train_images=8, val_images=4, image_size=64, objects=(2, 5), object_size=(8, 20))
-    return str(shapes_dataset(spec, root=tmp_path_factory.mktemp("data")))
+    return tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+def val_instances(data):
+    """How many labelled objects the validation split holds."""
+    return sum(len(f.read_text().splitlines()) for f in (Path(data).parent / "labels" / "val").glob("*.txt"))
 
 
 @pytest.fixture(scope="module")
@@ -127,21 +131,45 @@ def test_cli_resume(data, tmp_path):
     assert epochs_logged(tmp_path / "crashed") == 2
 
 
-def test_python_api_yolo_end_to_end(data, tmp_path):
-    model = YOLO(model_yaml("yolo11n-carafe.yaml"))
-    model.train(data=data, epochs=1, project=str(tmp_path), name="api", **COMMON)
-    best = tmp_path / "api" / "weights" / "best.pt"
-    metrics = YOLO(best).val(data=data, imgsz=64, batch=4, device="cpu", workers=0, plots=False)
-    assert 0 <= metrics.box.map50 <= 1
-    results = YOLO(best).predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device="cpu", verbose=False)
-    assert len(results) == 1
-    tuned = YOLO(best)
+@pytest.fixture(scope="module")
+def api_run(data, tmp_path_factory):
+    """One Python-API training run (YOLO11n-CARAFE): (the run folder, what train() returned)."""
+    project = tmp_path_factory.mktemp("api")
+    final = YOLO(model_yaml("yolo11n-carafe.yaml")).train(data=data, epochs=1, project=str(project), name="api",
+                                                          **COMMON)
+    return project / "api", final
+
+
+def test_python_api_val_reproduces_the_final_evaluation(api_run, data):
+    run_dir, final = api_run
+    metrics = YOLO(run_dir / "weights" / "best.pt").val(data=data, imgsz=64, batch=4, device="cpu", workers=0,
+                                                         plots=False, project=str(run_dir), name="val")
+    assert int(metrics.nt_per_class.sum()) == val_instances(data)  # every labelled object was evaluated
+    for key in ("metrics/mAP50(B)", "metrics/mAP50-95(B)", "metrics/precision(B)"):
+        assert metrics.results_dict[key] == pytest.approx(final.results_dict[key], abs=1e-6), key
+
+
+def test_python_api_predict(api_run):
+    results = YOLO(api_run[0] / "weights" / "best.pt").predict(np.zeros((64, 64, 3), np.uint8), imgsz=64,
+                                                                device="cpu", verbose=False)
+    assert len(results) == 1 and results[0].boxes.data.shape[1] == 6  # x1, y1, x2, y2, score, class
+
+
+def test_python_api_fine_tune(api_run, data, tmp_path):
+    tuned = YOLO(api_run[0] / "weights" / "best.pt")
     tuned.train(data=data, epochs=1, project=str(tmp_path), name="tune", **COMMON)
-    assert carafe_count(tuned.model) == 2
+    assert carafe_count(tuned.model) == 2 and epochs_logged(tmp_path / "tune") == 1
+
+
+def test_python_api_resume(data, tmp_path):
     last = interrupted_run(YOLO(model_yaml("yolo11n-carafe.yaml")), data, tmp_path, "crashed")
     YOLO(last).train(resume=True)
     assert epochs_logged(tmp_path / "crashed") == 2
-    assert Path(YOLO(best).export(format="onnx", imgsz=64)).is_file()
+
+
+def test_python_api_onnx_export(api_run):
+    exported = Path(YOLO(api_run[0] / "weights" / "best.pt").export(format="onnx", imgsz=64))
+    assert exported.suffix == ".onnx" and exported.stat().st_size > 1_000_000
 
 
 def test_python_api_rtdetr_end_to_end(data, tmp_path):
@@ -151,7 +179,7 @@ def test_python_api_rtdetr_end_to_end(data, tmp_path):
     reloaded = RTDETR(best)
     assert carafe_count(reloaded.model) == 2
     metrics = reloaded.val(data=data, imgsz=64, batch=4, device="cpu", workers=0, plots=False)
-    assert 0 <= metrics.box.map50 <= 1
+    assert int(metrics.nt_per_class.sum()) == val_instances(data)
     assert len(reloaded.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device="cpu", verbose=False)) == 1
     onnx_path = reloaded.export(format="onnx", imgsz=64)
     import onnxruntime

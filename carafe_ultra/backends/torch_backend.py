@@ -1,4 +1,5 @@
-"""CARAFE in plain PyTorch ops: the path for CPUs, float64, and TorchScript/ONNX export.
+"""CARAFE in plain PyTorch ops: the path for CPUs, float64, and (as :func:`carafe_traceable`) for TorchScript
+tracing and ONNX export.
 
 The widely copied formulation unfolds the input into a tensor k² times its size and multiplies it with the
 masks. This one never does: channels are processed in chunks whose accumulator stays near cache size, and
@@ -6,7 +7,8 @@ each chunk adds up the k² taps as shifted multiply-adds. Work happens in an (N,
 the zero-padded width Wp = W + 2r: there every tap's window is one contiguous slice of the flattened padded
 input, so each op streams over H·Wp elements instead of rows of W (the 2r extra columns per row are computed
 and dropped). float16/bfloat16 accumulate in float32. The backward pass is written out too (autograd
-through the tap loop is ~3× slower).
+through the tap loop is ~3× slower). Mixed input dtypes are computed in the wider one and returned in the
+features' dtype.
 """
 
 from __future__ import annotations
@@ -17,19 +19,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import is_exporting
-
 # Elements per chunk accumulator (8 MiB in float32): large enough to amortise per-op overhead,
 # small enough to stay close to the cache of one core.
 CHUNK_ELEMENTS = 1 << 21
 
 
 def carafe_torch(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE with standard ops. Inputs are checked by the caller and share one dtype."""
-    if is_exporting():
-        # Tracers record the ops themselves; autograd (if any) runs through them.
-        return _reassemble(features, masks, kernel_size, group_size, scale_factor)
-    return _CarafeFunction.apply(features, masks, kernel_size, group_size, scale_factor)
+    """CARAFE with standard ops and a hand-written backward pass. Inputs are checked by the caller."""
+    compute = torch.promote_types(features.dtype, masks.dtype)
+    out = _CarafeFunction.apply(features.to(compute), masks.to(compute), kernel_size, group_size, scale_factor)
+    return out.to(features.dtype)
+
+
+def carafe_traceable(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """CARAFE for tracers and exporters: the same ops, recorded one chunk per group and concatenated (a compact
+    graph matters more there than cache reuse); autograd, if any, runs through the ops."""
+    compute = torch.promote_types(features.dtype, masks.dtype)
+    chunks = _reassembled_chunks(features.to(compute), masks.to(compute), kernel_size, group_size, scale_factor,
+                                 whole_groups=True)
+    n, _, height, width = features.shape
+    pieces = [blocks.reshape(n, end - start, height * scale_factor, width * scale_factor) for start, end, blocks in chunks]
+    return torch.cat(pieces, dim=1).to(features.dtype)
 
 
 class _CarafeFunction(torch.autograd.Function):
@@ -84,7 +94,11 @@ def _masks_by_tap(masks: Tensor, kernel_size: int, group_size: int, scale_factor
     return F.pad(grid, (0, 2 * r)).contiguous().flatten(-2).to(dtype)
 
 
-def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+def _reassembled_chunks(
+    features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int, whole_groups: bool
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Yield (first channel, end channel, blocks): the output of those channels as an (N, c, H, s, W, s) view, in
+    the accumulator dtype."""
     n, channels, height, width = features.shape
     k, s = kernel_size, scale_factor
     r = (k - 1) // 2
@@ -92,25 +106,23 @@ def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: i
     acc_dtype = _accumulator_dtype(features.dtype)
     padded = _flat_padded(features, r)
     taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
-    # Exporters get one chunk per group: a compact graph matters more there than cache reuse.
-    exporting = is_exporting()
-    chunks = _channel_chunks(channels, group_size, n * s * s * span, whole_groups=exporting)
-
-    pieces = []
-    out = None if exporting else features.new_empty(n, channels, height * s, width * s)
-    for group, start, end in chunks:
+    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span, whole_groups):
         window = padded[:, start:end, None, None].to(acc_dtype)  # (N, c, 1, 1, (H+2r+1)·Wp)
         acc = window.new_zeros(n, end - start, s, s, span)
         for tap in range(k * k):
             offset = _tap_offset(tap, k, padded_width)
             acc.addcmul_(window[..., offset : offset + span], taps[:, group, tap, None])
         # Drop the extra columns; (N, c, H, s, W, s) is the output's memory order.
-        blocks = acc.view(n, end - start, s, s, height, padded_width)[..., :width].permute(0, 1, 4, 2, 5, 3)
-        if out is None:
-            pieces.append(blocks.reshape(n, end - start, height * s, width * s).to(features.dtype))
-        else:
-            out[:, start:end].view(n, end - start, height, s, width, s).copy_(blocks)
-    return torch.cat(pieces, dim=1) if out is None else out
+        yield start, end, acc.view(n, end - start, s, s, height, padded_width)[..., :width].permute(0, 1, 4, 2, 5, 3)
+
+
+def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    n, channels, height, width = features.shape
+    s = scale_factor
+    out = features.new_empty(n, channels, height * s, width * s)
+    for start, end, blocks in _reassembled_chunks(features, masks, kernel_size, group_size, s, whole_groups=False):
+        out[:, start:end].view(n, end - start, height, s, width, s).copy_(blocks)
+    return out
 
 
 def _reassemble_backward(

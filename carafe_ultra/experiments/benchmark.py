@@ -6,8 +6,10 @@ baseline alternately on the same inputs, and reports medians.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import hashlib
+import json
 import multiprocessing
 import statistics
 import sys
@@ -19,11 +21,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .backends.cupy_backend import KERNEL_SOURCE, carafe_backward, carafe_forward
-from .backends.torch_backend import carafe_torch
-from .baselines import DySample, UnfoldMatmulCARAFE, unfold_matmul_carafe
-from .functional import carafe
-from .module import CARAFE
+from ..backends.cuda_backend import KERNEL_SOURCE, carafe_backward, carafe_forward
+from ..backends.torch_backend import carafe_torch
+from ..dysample import DySample
+from ..functional import carafe
+from ..module import CARAFE
+from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,7 @@ def gpu_report() -> dict:
         "speedup_vs_seed_fwd_bwd": modules[("unfold_matmul", torch.float32)] / modules[("carafe_ultra", torch.float32)],
         "time_vs_dysample_fwd_bwd": modules[("carafe_ultra", torch.float32)] / modules[("dysample", torch.float32)],
     }
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
@@ -299,3 +302,26 @@ def format_gpu_report(report: dict) -> str:
                          f"bwd {case['backward_ms']:.3f} ms ({case['backward_gbs']:.0f} GB/s)")
     lines.append("goals: " + ", ".join(f"{k}={v:.3f}" for k, v in report["goals"].items()))
     return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmark's command-line options (``python -m carafe_ultra benchmark``, ``scripts/benchmark.py``)."""
+    parser.add_argument("--gpu", action="store_true", help="benchmark the CUDA path (needs a GPU and CuPy)")
+    parser.add_argument("--repeats", type=int, default=7, help="CPU: timed runs per implementation (median reported)")
+    parser.add_argument("--json", metavar="PATH", help="write the measurements to this JSON file")
+    parser.add_argument("--small", action="store_true", help="CPU: a tiny case, to check the script itself quickly")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the benchmark the parsed options describe, print it, and write the JSON if asked."""
+    if args.gpu:
+        result = gpu_report()
+        print(format_gpu_report(result))
+    else:
+        case = Case(n=1, channels=32, height=16, width=16) if args.small else Case()
+        result = cpu_reassembly_comparison(case, repeats=args.repeats)
+        print(format_cpu_comparison(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")

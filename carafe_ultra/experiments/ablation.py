@@ -7,34 +7,22 @@ interrupted ablation re-run skips what already finished.
 
 from __future__ import annotations
 
+import argparse
 import json
-import re
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import yaml
 
+from ..integration import ultralytics_model
+from ..upsamplers import UPSAMPLERS, upsampler
+from ..yamls import convert_yaml
 from .data import ShapesSpec, shapes_dataset
-from .integration import model_dir
 
-# How each arm writes an upsampling row, from the row's input channels c (nominal, as in the YAML) and scale s.
-ARMS: dict[str, Callable[[int, int], list]] = {
-    "nearest": lambda c, s: ["nn.Upsample", ["None", s, "nearest"]],  # "None" as the stock YAMLs write it
-    "carafe": lambda c, s: ["CARAFE", [c, 5, s]],
-    "bilinear": lambda c, s: ["nn.Upsample", ["None", s, "bilinear"]],
-    "convtranspose": lambda c, s: ["nn.ConvTranspose2d", [c, s, s]],
-    "dysample": lambda c, s: ["DySample", [c, s]],
-}
 DEFAULT_ARMS = ("nearest", "carafe")
-UPSAMPLERS = {"nn.Upsample", "CARAFE", "DySample", "nn.ConvTranspose2d"}
-# Modules whose first YAML argument is their (nominal) output channels, as parse_model's base modules.
-CONV_LIKE = {"Conv", "SPPF", "C2f", "C3k2", "C2PSA", "C3", "C2", "C1", "RepC3", "GhostConv", "DWConv", "C2fPSA",
-             "SPP", "BottleneckCSP", "C3x", "C3TR", "C3Ghost", "RepNCSPELAN4", "ELAN1", "SPPELAN", "A2C2f",
-             "CARAFE", "DySample", "nn.ConvTranspose2d", "ConvTranspose"}
 
 
 @dataclass
@@ -59,83 +47,6 @@ class Settings:
     out: str = "runs/ablation"
 
 
-def resolve_model_yaml(name: str) -> Path:
-    """A model YAML by path, by the name of one we ship, or by the name of an Ultralytics one."""
-    from ultralytics.utils.checks import check_yaml
-
-    if Path(name).is_file():
-        return Path(name)
-    unscaled = _unscaled_name(Path(name).name)
-    for candidate in (model_dir() / name, model_dir() / unscaled):
-        if candidate.is_file():
-            return model_dir() / name
-    check_yaml(unscaled)  # raises with Ultralytics' own message if it does not exist
-    return Path(name)
-
-
-def _unscaled_name(name: str) -> str:
-    return re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", name)
-
-
-def arm_yaml(model: str, arm: str, folder: Path) -> str:
-    """Write the family's YAML with every upsampling row replaced by ``arm``'s; return the path to train.
-
-    The returned name keeps the YOLO scale letter (Ultralytics reads it from the name) while the file on
-    disk has none, as with Ultralytics' own YAMLs.
-    """
-    from ultralytics.nn.tasks import yaml_model_load
-
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
-    cfg = yaml_model_load(resolve_model_yaml(model))
-    scale = cfg.pop("scale", "")
-    cfg.pop("yaml_file", None)
-    rows = cfg["backbone"] + cfg["head"]
-    replaced = 0
-    for index, row in enumerate(rows):
-        if row[2] in UPSAMPLERS and _is_upsampling(row):
-            row[2:] = ARMS[arm](_input_channels(rows, index), _scale_of(row))
-            replaced += 1
-    if not replaced:
-        raise ValueError(f"{model} has no upsampling rows (nn.Upsample, CARAFE, DySample) to replace")
-    folder.mkdir(parents=True, exist_ok=True)
-    family = Path(_unscaled_name(Path(model).name)).stem.replace("-carafe", "")
-    path = folder / f"{family}-{arm}.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return str(path.with_name(path.name.replace(family, _with_scale(family, scale), 1)))
-
-
-def _with_scale(family: str, scale: str) -> str:
-    return re.sub(r"^(yolo(?:v)?\d+)", rf"\g<1>{scale}", family) if scale and family.startswith("yolo") else family
-
-
-def _is_upsampling(row: list) -> bool:
-    return row[2] != "nn.ConvTranspose2d" or (len(row[3]) >= 3 and row[3][2] >= 2)
-
-
-def _scale_of(row: list) -> int:
-    module, args = row[2], row[3]
-    if module == "nn.Upsample":
-        return int(args[1])
-    if module == "CARAFE":
-        return int(args[2]) if len(args) > 2 else 2
-    if module == "DySample":
-        return int(args[1]) if len(args) > 1 else 2
-    return int(args[2])  # nn.ConvTranspose2d [c2, kernel, stride]
-
-
-def _input_channels(rows: list, index: int) -> int:
-    """Nominal channels entering row ``index`` (what its Conv-like predecessor declares)."""
-    row = rows[index]
-    if row[2] in CONV_LIKE:
-        return int(row[3][0])  # a learned upsampler already states them
-    source = row[0] if row[0] >= 0 else index + row[0]
-    feeding = rows[source]
-    if feeding[2] not in CONV_LIKE:
-        raise ValueError(f"cannot tell the channels entering layer {index}: layer {source} is {feeding[2]}")
-    return int(feeding[3][0])
-
-
 @dataclass
 class RunResult:
     upsampler: str
@@ -156,19 +67,16 @@ def run_arm(settings: Settings, arm: str, seed: int, data: str, log: Callable[[s
     if done.is_file():
         log(f"{arm} seed {seed}: already finished, reusing {done}")
         return RunResult(**json.loads(done.read_text()))
-    from ultralytics import RTDETR, YOLO
-
-    model_path = arm_yaml(settings.model, arm, out / "yamls")
-    model_class = RTDETR if "rtdetr" in Path(model_path).stem else YOLO
+    model_path = convert_yaml(settings.model, arm, out / "yamls")
     start = time.perf_counter()
-    model = model_class(model_path)
+    model = ultralytics_model(model_path)
     model.train(data=data, epochs=settings.epochs, imgsz=settings.imgsz, batch=settings.batch,
                 device=settings.device, workers=settings.workers, seed=seed, deterministic=True,
                 optimizer=settings.optimizer, lr0=settings.lr0, warmup_epochs=settings.warmup_epochs,
                 mosaic=settings.mosaic,
                 project=str(out / "runs"), name=run_dir.name, exist_ok=True, plots=False, verbose=False)
     seconds = time.perf_counter() - start
-    best = model_class(run_dir / "weights" / "best.pt")
+    best = ultralytics_model(run_dir / "weights" / "best.pt")
     metrics = best.val(data=data, imgsz=settings.imgsz, batch=settings.batch, device=settings.device,
                        workers=settings.workers, plots=False, verbose=False, project=str(out / "runs"),
                        name=f"{run_dir.name}-val", exist_ok=True)
@@ -218,9 +126,8 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict
     """Every arm with every seed (finished ones reused), then the summary files in ``settings.out``."""
     from .report import write_summary
 
-    unknown = [arm for arm in settings.arms if arm not in ARMS]
-    if unknown:
-        raise ValueError(f"unknown arms {unknown}; choose from {', '.join(ARMS)}")
+    for arm in settings.arms:
+        upsampler(arm)  # an unknown name fails here, before any training
     data = settings.data or default_data()
     runs = [(arm, seed) for seed in settings.seeds for arm in settings.arms]
     results = []
@@ -228,3 +135,32 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict
         log(f"[{number}/{len(runs)}] {arm} (seed {seed}) on {settings.model}, {settings.epochs} epochs at {settings.imgsz} px")
         results.append(run_arm(settings, arm, seed, data, log))
     return write_summary(settings, data, results)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ablation's command-line options (``python -m carafe_ultra ablate``, ``scripts/ablate.py``)."""
+    defaults = Settings()
+    parser.add_argument("--model", default=defaults.model,
+                        help="model family: any RT-DETR or YOLO YAML, stock (yolov8n.yaml) or ours (yolov8n-carafe.yaml)")
+    parser.add_argument("--data", default=None, help="Ultralytics data YAML (default: the generated shapes set)")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--imgsz", type=int, default=defaults.imgsz)
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--device", default=defaults.device, help="cpu, 0, 0,1, ...")
+    parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--optimizer", default=defaults.optimizer, help="Ultralytics optimizer (auto for its default)")
+    parser.add_argument("--lr0", type=float, default=defaults.lr0)
+    parser.add_argument("--warmup-epochs", dest="warmup_epochs", type=float, default=defaults.warmup_epochs)
+    parser.add_argument("--mosaic", type=float, default=defaults.mosaic)
+    parser.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds, help="several give mean ± spread")
+    parser.add_argument("--arms", nargs="+", default=defaults.arms, choices=list(UPSAMPLERS))
+    parser.add_argument("--out", default=defaults.out, help="output folder (re-runs resume there)")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the ablation the parsed options describe and print its table."""
+    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    run_ablation(settings)
+    out = Path(settings.out)
+    print("\n" + (out / "summary.md").read_text())
+    print(f"plot: {out / 'summary.png'}   numbers: {out / 'summary.json'}")

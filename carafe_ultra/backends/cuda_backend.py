@@ -134,6 +134,18 @@ def _backward(ctx, grad_out: Tensor):
 carafe_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
-def carafe_cupy(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE with the CUDA kernels. Inputs are checked by the caller, CUDA, one dtype of SUPPORTED_DTYPES."""
-    return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
+@functools.lru_cache(maxsize=None)
+def cupy_importable() -> bool:
+    """Whether CuPy can be imported (looked up once per process)."""
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def carafe_cuda(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """CARAFE with the CUDA kernels. Inputs are checked by the caller: CUDA tensors of SUPPORTED_DTYPES."""
+    compute = torch.promote_types(features.dtype, masks.dtype)
+    out = carafe_forward(features.to(compute), masks.to(compute), kernel_size, group_size, scale_factor)
+    return out.to(features.dtype)

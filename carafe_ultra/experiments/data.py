@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ._checks import check_int
+from .._checks import check_int
 
 CLASSES = ("disc", "square", "triangle", "ring", "cross")
 

@@ -1,0 +1,192 @@
+"""Model YAMLs: the ones we ship, finding any model YAML by name, and rewriting its upsampling rows.
+
+:func:`convert_yaml` is the one implementation of row rewriting: ``python -m carafe_ultra convert``, the shipped
+YAMLs and the ablation's arms all come from it. It edits the file's text row by row, so the scales, comments and
+header stay as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+
+from .integration import conv_like_modules, yaml_module_class
+from .upsamplers import UPSAMPLERS, row_scale, upsampler
+
+# Ultralytics' rule (nn.tasks.yaml_model_load): "yolo26n-seg.yaml" is "yolo26-seg.yaml" at scale "n".
+_SCALE_LETTER = re.compile(r"(\d+)([nslmx])(.+)?$")
+
+
+def model_dir() -> Path:
+    """Folder of the model YAMLs that ship with carafe-ultra."""
+    return Path(__file__).parent / "models"
+
+
+def model_yaml(name: str) -> str:
+    """Path of a shipped model YAML, by file name; a YOLO scale letter may be added as usual.
+
+    ``model_yaml("yolov8n-carafe.yaml")`` returns ``.../yolov8n-carafe.yaml`` in the shipped folder: Ultralytics
+    reads the scale ``n`` from that name and loads ``yolov8-carafe.yaml`` beside it.
+    """
+    name = name if name.endswith((".yaml", ".yml")) else f"{name}.yaml"
+    path = model_dir() / name
+    if _family_file(path) is None:
+        raise FileNotFoundError(f"no shipped model YAML named {name!r}; available: {', '.join(_shipped())}")
+    return str(path)
+
+
+def _shipped() -> list[str]:
+    return sorted(p.name for p in model_dir().glob("*.yaml"))
+
+
+def _family_file(path: Path) -> Path | None:
+    """The file Ultralytics builds ``path`` from: ``path`` itself or its family's file without the scale letter,
+    each looked up as Ultralytics looks it up (check_yaml: a file, else a search of its own model folders)."""
+    from ultralytics.utils.checks import check_yaml
+
+    for candidate in (path, path.with_name(_SCALE_LETTER.sub(r"\1\3", path.name))):
+        found = check_yaml(str(candidate), hard=False)
+        if found:
+            return Path(found)
+    return None
+
+
+def find_model_yaml(model: str | Path) -> Path:
+    """The YAML file that a model path, a name we ship or an Ultralytics model name builds from."""
+    path = Path(model)
+    if not path.is_file() and _family_file(model_dir() / path.name) is not None:
+        path = model_dir() / path.name
+    source = _family_file(path)
+    if source is None:
+        raise FileNotFoundError(
+            f"no model YAML {str(model)!r}: not a file, not one carafe-ultra ships ({', '.join(_shipped())}) "
+            f"and not one Ultralytics ships"
+        )
+    return source
+
+
+def carafe_yaml(model: str | Path, out_dir: str | Path | None = None) -> str:
+    """Write ``model`` with every ``nn.Upsample`` row replaced by a ``CARAFE`` row; return the new file's path.
+
+    Args:
+        model: a stock Ultralytics name (``"yolo26n-seg.yaml"``, scale letter as usual), one of ours or a path.
+        out_dir: where to write it. Default: the current directory.
+
+    Returns:
+        The path of the written file, e.g. ``./yolo26n-seg-carafe.yaml``: a YOLO scale letter in ``model`` stays in
+        the name, so Ultralytics builds that scale from it.
+
+    Raises:
+        FileNotFoundError: no such model. ValueError: the model has no upsampling row.
+    """
+    return convert_yaml(model, "carafe", out_dir)
+
+
+def convert_yaml(model: str | Path, upsampler_name: str, out_dir: str | Path | None = None) -> str:
+    """Write ``model`` with every upsampling row (``nn.Upsample``, ``CARAFE``, ``DySample``) written the way the
+    upsampler ``upsampler_name`` of :data:`carafe_ultra.upsamplers.UPSAMPLERS` writes it; return the file's path.
+
+    Each row keeps its scale and its input channels (taken from the layer feeding it), so every other layer keeps
+    its shape at every model scale. See :func:`carafe_yaml` for the arguments.
+    """
+    entry = upsampler(upsampler_name)
+    source = find_model_yaml(model)
+    text = source.read_text()
+    cfg = yaml.safe_load(text)
+    backbone = cfg.get("backbone") or []
+    rows = backbone + (cfg.get("head") or [])
+    new_rows = {}
+    for index, (origin, repeats, module, args) in enumerate(rows):
+        scale = row_scale(module, args)
+        if scale is not None:
+            new_rows[index] = [origin, repeats, entry.module, entry.row_args(_input_channels(rows, index), scale)]
+    if not new_rows:
+        modules = sorted({u.module for u in UPSAMPLERS.values() if u.scale_of is not None})
+        raise ValueError(f"{model} ({source}) has no upsampling row ({', '.join(modules)}) to replace")
+
+    layers = ", ".join(map(str, new_rows))
+    kind = entry.module if entry.name == entry.module.lower() else f"{entry.module} ({entry.name})"
+    note = f"# carafe-ultra (convert_yaml): {source.name} with its upsampling rows (layers {layers}) as {kind} rows.\n"
+    if entry.module_class is not None or entry.module == "nn.ConvTranspose2d":
+        note += ("# Each row's c2 repeats the nominal channels of the layer feeding it, so every channel count "
+                 "stays as it was at every scale.\n")
+    stem = re.sub(rf"-({'|'.join(map(re.escape, UPSAMPLERS))})$", "", Path(model).stem)  # no "-carafe-nearest"
+    out = Path(out_dir if out_dir is not None else ".") / f"{stem}-{entry.name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(note + _rewrite_rows(text, source, rows, len(backbone), new_rows))
+    return str(out)
+
+
+def _input_channels(rows: list, index: int) -> int:
+    """Nominal channels entering row ``index``: what it states itself if it is Conv-like (a learned upsampler),
+    else what the Conv-like layer feeding it states."""
+    conv_like = conv_like_modules()
+    row = rows[index]
+    if yaml_module_class(row[2]) in conv_like:
+        return int(row[3][0])
+    origin = row[0]
+    if not isinstance(origin, int):
+        raise ValueError(f"layer {index} {row} upsamples several inputs; an upsampler takes one")
+    source = origin if origin >= 0 else index + origin
+    feeding = rows[source]
+    if yaml_module_class(feeding[2]) not in conv_like:
+        raise ValueError(
+            f"cannot tell the channels entering layer {index}: layer {source} is {feeding[2]}, whose first argument "
+            "is not its output channels"
+        )
+    return int(feeding[3][0])
+
+
+def _rewrite_rows(text: str, source: Path, rows: list, backbone_rows: int, new_rows: dict[int, list]) -> str:
+    """``text`` (which parses to ``rows``) with the rows at the indices of ``new_rows`` replaced, everything else
+    (comments included) as it was."""
+    lines = text.splitlines(keepends=True)
+    section, counts = None, {"backbone": 0, "head": 0}
+    for number, line in enumerate(lines):
+        key = re.match(r"^(\w+)\s*:", line)
+        if key:
+            section = key.group(1)
+            continue
+        if section not in counts or not re.match(r"^\s*-\s*\[", line):
+            continue
+        index = counts[section] + (backbone_rows if section == "head" else 0)
+        counts[section] += 1
+        if index not in new_rows:
+            continue
+        start, end = _flow_list_span(line)
+        if yaml.safe_load(line[start:end]) != rows[index]:
+            raise ValueError(f"{source}: layer {index} is not written as one row per line; cannot rewrite it")
+        origin, repeats, module, args = new_rows[index]
+        lines[number] = line[:start] + f"[{origin}, {repeats}, {module}, {_flow(args)}]" + line[end:]
+    return "".join(lines)
+
+
+def _flow_list_span(line: str) -> tuple[int, int]:
+    """(start, end) of the first bracketed flow list on a line, brackets inside quotes ignored."""
+    start = line.index("[")
+    depth, quote = 0, None
+    for position in range(start, len(line)):
+        char = line[position]
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth == 0:
+                return start, position + 1
+    raise ValueError(f"unbalanced brackets in YAML row {line.strip()!r}")
+
+
+def _flow(value) -> str:
+    """Row arguments as the stock files write them: [None, 2, "nearest"] (None bare, other strings quoted)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(item) for item in value) + "]"
+    if isinstance(value, str) and value != "None":
+        return json.dumps(value)
+    return str(value)

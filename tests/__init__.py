@@ -1,0 +1,1 @@
+"""carafe-ultra's test suite (a package, so tests import their helpers as ``tests.helpers``)."""

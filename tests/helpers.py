@@ -1,0 +1,47 @@
+"""Inputs shared by the tests."""
+
+from pathlib import Path
+
+import torch
+import ultralytics
+
+from carafe_ultra.experiments.data import ShapesSpec, shapes_dataset
+
+# (n, channels, height, width, kernel, groups, scale): odd, non-square, tiny (every pixel a border), grouped.
+SHAPES = [
+    (2, 4, 5, 7, 3, 1, 2),
+    (1, 6, 3, 4, 5, 3, 3),
+    (2, 8, 6, 5, 7, 4, 1),
+    (1, 4, 1, 1, 5, 2, 4),
+    (3, 2, 2, 3, 7, 1, 3),
+    (1, 4, 4, 4, 1, 4, 2),
+    (2, 3, 9, 2, 3, 3, 4),
+]
+
+# A detection set small enough to train on for an epoch in seconds.
+TINY_SHAPES = ShapesSpec(train_images=8, val_images=4, image_size=64, objects=(2, 5), object_size=(8, 20))
+
+
+def random_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch.float64, requires_grad=False):
+    """Features and softmax-normalised masks for one CARAFE call."""
+    features = torch.randn(n, channels, height, width, dtype=dtype)
+    logits = torch.randn(n, groups, kernel * kernel, height * scale, width * scale, dtype=dtype)
+    masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, height * scale, width * scale)
+    return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)
+
+
+def tiny_dataset(root: Path) -> str:
+    """The tiny generated detection set under ``root``; the path of its data.yaml."""
+    return str(shapes_dataset(TINY_SHAPES, root=root))
+
+
+STOCK_MODELS = Path(ultralytics.__file__).parent / "cfg" / "models"
+# Each shipped YAML and the stock Ultralytics file it is converted from.
+SHIPPED_FROM = {
+    "rtdetr-l-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-l.yaml",
+    "rtdetr-x-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-x.yaml",
+    "rtdetr-resnet50-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-resnet50.yaml",
+    "rtdetr-resnet101-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-resnet101.yaml",
+    "yolov8-carafe.yaml": STOCK_MODELS / "v8" / "yolov8.yaml",
+    "yolo11-carafe.yaml": STOCK_MODELS / "11" / "yolo11.yaml",
+}

@@ -1,0 +1,36 @@
+"""The package's shape: the core never imports the experiment tooling, and the README's layout table is true."""
+
+import re
+from pathlib import Path
+
+import carafe_ultra
+from tests.import_graph import import_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(carafe_ultra.__file__).parent
+TOOLING = "carafe_ultra.experiments"
+COMMAND_LINE = "carafe_ultra.__main__"  # the package's command line offers the tools: it is no part of the core
+
+
+def test_the_core_never_imports_the_experiment_tooling():
+    graph = import_graph(PACKAGE)
+    core = {name for name in graph if not name.startswith(TOOLING) and name != COMMAND_LINE}
+    assert {"carafe_ultra.functional", "carafe_ultra.integration", "carafe_ultra.backends"} <= core
+    offending = {name: sorted(t for t in graph[name] if t.startswith(TOOLING)) for name in core}
+    assert {name: targets for name, targets in offending.items() if targets} == {}
+
+
+def test_the_import_graph_sees_relative_and_function_local_imports():
+    graph = import_graph(PACKAGE)
+    assert "carafe_ultra.backends.torch_backend" in graph["carafe_ultra.backends"]
+    assert "carafe_ultra.experiments.data" in graph["carafe_ultra.experiments.ablation"]
+    assert "carafe_ultra.experiments.report" in graph["carafe_ultra.experiments.ablation"]  # imported in a function
+
+
+def test_every_path_in_the_readme_layout_table_exists():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    paths = [p for row in re.findall(r"^\| (.+?) \|", table, re.M) for p in re.findall(r"`([^`]+)`", row)]
+    assert len(paths) >= 10
+    missing = [p for p in paths if not (ROOT / p).exists()]
+    assert missing == []

@@ -1,0 +1,91 @@
+"""Model YAMLs: the converter (text kept, rows rewritten with the right channels and scale), the shipped files,
+and finding models by name."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from carafe_ultra import carafe_yaml, convert_yaml, model_dir, model_yaml
+from carafe_ultra.yamls import find_model_yaml
+from tests.helpers import SHIPPED_FROM
+from tests.helpers import STOCK_MODELS as STOCK
+
+
+def rows(path):
+    cfg = yaml.safe_load(Path(path).read_text())
+    return cfg["backbone"] + cfg["head"]
+
+
+def test_every_shipped_yaml_is_the_converters_output(tmp_path):
+    assert {p.name for p in model_dir().glob("*.yaml")} == set(SHIPPED_FROM)
+    for name, stock in SHIPPED_FROM.items():
+        written = carafe_yaml(stock.name, tmp_path)
+        assert Path(written).name == name
+        assert Path(written).read_text() == (model_dir() / name).read_text(), name
+
+
+def test_conversion_keeps_every_other_line_and_writes_carafe_rows(tmp_path):
+    path = Path(carafe_yaml("yolo26n-seg.yaml", tmp_path))
+    assert path == tmp_path / "yolo26n-seg-carafe.yaml"  # the scale letter stays in the name
+    stock = (STOCK / "26" / "yolo26-seg.yaml").read_text().splitlines()
+    ours = path.read_text().splitlines()
+    assert ours[0].startswith("# carafe-ultra (convert_yaml): yolo26-seg.yaml with its upsampling rows (layers 11, 14)")
+    changed = [(a, b) for a, b in zip(ours[2:], stock, strict=True) if a != b]
+    assert changed == [('  - [-1, 1, CARAFE, [1024, 5, 2]]', '  - [-1, 1, nn.Upsample, [None, 2, "nearest"]]'),
+                       ('  - [-1, 1, CARAFE, [512, 5, 2]]', '  - [-1, 1, nn.Upsample, [None, 2, "nearest"]]')]
+
+
+@pytest.mark.parametrize("upsampler,row", [("nearest", ["nn.Upsample", ["None", 2, "nearest"]]),
+                                           ("bilinear", ["nn.Upsample", ["None", 2, "bilinear"]]),
+                                           ("dysample", ["DySample", [256, 2]]),
+                                           ("convtranspose", ["nn.ConvTranspose2d", [256, 2, 2]])])
+def test_every_upsampler_writes_its_rows_with_the_feeding_layers_channels(upsampler, row, tmp_path):
+    path = convert_yaml("rtdetr-l-carafe.yaml", upsampler, tmp_path)
+    assert Path(path).name == f"rtdetr-l-{upsampler}.yaml"  # not rtdetr-l-carafe-nearest
+    converted = rows(path)
+    assert converted[13][2:] == row and converted[18][2:] == row
+
+
+def test_our_yaml_converted_to_nearest_is_the_stock_model(tmp_path):
+    assert rows(convert_yaml("yolov8n-carafe.yaml", "nearest", tmp_path)) == rows(STOCK / "v8" / "yolov8.yaml")
+
+
+def test_a_model_without_upsampling_rows_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"yolov6n.yaml \(.*yolov6.yaml\) has no upsampling row \(CARAFE, DySample, "
+                                         r"nn.Upsample\) to replace"):
+        carafe_yaml("yolov6n.yaml", tmp_path)
+
+
+def test_unknown_model_and_unknown_upsampler(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no model YAML 'yolo99n.yaml': not a file, not one carafe-ultra "
+                                                r"ships \(rtdetr-l-carafe.yaml"):
+        carafe_yaml("yolo99n.yaml", tmp_path)
+    with pytest.raises(ValueError, match="unknown upsampler 'pixelshuffle'; choose from nearest, bilinear"):
+        convert_yaml("yolov8n.yaml", "pixelshuffle", tmp_path)
+
+
+def test_finding_models_by_name():
+    assert find_model_yaml("yolov8n.yaml") == STOCK / "v8" / "yolov8.yaml"
+    assert find_model_yaml("yolov8s-carafe.yaml") == model_dir() / "yolov8-carafe.yaml"
+    assert find_model_yaml(STOCK / "v8" / "yolov8.yaml") == STOCK / "v8" / "yolov8.yaml"
+    assert Path(model_yaml("yolov8n-carafe.yaml")) == model_dir() / "yolov8n-carafe.yaml"
+    assert Path(model_yaml("rtdetr-l-carafe")).is_file()
+    with pytest.raises(FileNotFoundError, match="no shipped model YAML named 'yolov5-carafe.yaml'; available: rtdetr-l"):
+        model_yaml("yolov5-carafe.yaml")
+
+
+def test_command_line(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "carafe_ultra", "convert", "yolo11s-pose.yaml", "-o", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == str(tmp_path / "yolo11s-pose-carafe.yaml")
+    assert [r[2] for r in rows(run.stdout.strip())].count("CARAFE") == 2
+    models = subprocess.run([sys.executable, "-m", "carafe_ultra", "models", "yolo11s-carafe.yaml"],
+                            capture_output=True, text=True, timeout=300)
+    assert models.returncode == 0 and models.stdout.strip() == model_yaml("yolo11s-carafe.yaml")
+    listing = subprocess.run([sys.executable, "-m", "carafe_ultra", "models"], capture_output=True, text=True,
+                             timeout=300).stdout.split()
+    assert listing == [str(p) for p in sorted(model_dir().glob("*.yaml"))]
