@@ -9,18 +9,14 @@ file and one entry here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from torch import nn
 
 from .dysample import DySample
 from .module import CARAFE
-
-
-def _arg(position: int, default: int) -> Callable[[list], int]:
-    """Reads the scale from a row's args: the value at ``position``, or ``default`` when the row omits it."""
-    return lambda args: int(args[position]) if len(args) > position else default
 
 
 @dataclass(frozen=True)
@@ -30,28 +26,56 @@ class Upsampler:
     Attributes:
         name: what users call it (``--arms``, ``convert_yaml(..., upsampler=name)``).
         module: the YAML module column, e.g. ``"nn.Upsample"`` or ``"CARAFE"``.
-        row_args: the YAML args for an upsampling of ``scale`` of a feature with ``channels`` nominal channels.
-        scale_of: the scale of an existing row, from its args; ``None`` when rows of this module are not
-            recognised as upsampling rows (a transposed convolution may be anything).
+        args_for: the YAML args for an upsampling of ``scale`` of a feature with ``channels`` nominal channels.
+        scale_at: where the scale sits in the row's args (2, the default of every upsampler here, when a row
+            omits it); ``None``: rows of this module are not recognised as upsampling rows (a transposed
+            convolution may be anything).
         module_class: our module class, registered with Ultralytics; ``None`` for torch's own modules.
     """
 
     name: str
     module: str
-    row_args: Callable[[int, int], list]
-    scale_of: Callable[[list], int] | None
+    args_for: Callable[[int, int], list]
+    scale_at: int | None
     module_class: type[nn.Module] | None = None
+
+    def scale_of(self, args: list) -> int:
+        """The scale of a row of this upsampler, from its args."""
+        return int(args[self.scale_at]) if len(args) > self.scale_at else 2
+
+    def yaml_args(self, channels: int, scale: int, options: Mapping[str, object] | None = None) -> list:
+        """The row's args, with ``options`` (keyword arguments of our module class) set at their positions.
+
+        ``UPSAMPLERS["carafe"].yaml_args(256, 2, {"compressed_channels": 32})`` is ``[256, 5, 2, 3, 32]``: the
+        arguments in between keep their defaults.
+        """
+        args = self.args_for(channels, scale)
+        if not options:
+            return args
+        if self.module_class is None:
+            raise ValueError(f"{self.name} takes no options, got {dict(options)}")
+        parameters = list(inspect.signature(self.module_class).parameters.values())[1:]  # parse_model adds c1
+        names = [p.name for p in parameters]
+        settable = [name for position, name in enumerate(names) if position not in (0, self.scale_at)]
+        unknown = sorted(set(options) - set(settable))
+        if unknown:  # the channels and the scale come from the model
+            raise ValueError(f"{self.name} options must be among {', '.join(settable)}; got {', '.join(unknown)}")
+        last = max(names.index(name) for name in options)
+        args += [p.default for p in parameters[len(args) : last + 1]]
+        for name, value in options.items():
+            args[names.index(name)] = value
+        return args
 
 
 UPSAMPLERS: dict[str, Upsampler] = {
     entry.name: entry
     for entry in (
         # "None" is how the stock YAMLs write nn.Upsample's size argument.
-        Upsampler("nearest", "nn.Upsample", lambda c, s: ["None", s, "nearest"], _arg(1, 2)),
-        Upsampler("bilinear", "nn.Upsample", lambda c, s: ["None", s, "bilinear"], _arg(1, 2)),
+        Upsampler("nearest", "nn.Upsample", lambda c, s: ["None", s, "nearest"], 1),
+        Upsampler("bilinear", "nn.Upsample", lambda c, s: ["None", s, "bilinear"], 1),
         Upsampler("convtranspose", "nn.ConvTranspose2d", lambda c, s: [c, s, s], None),  # learned 2×2 stride-2
-        Upsampler("carafe", "CARAFE", lambda c, s: [c, 5, s], _arg(2, 2), CARAFE),
-        Upsampler("dysample", "DySample", lambda c, s: [c, s], _arg(1, 2), DySample),
+        Upsampler("carafe", "CARAFE", lambda c, s: [c, 5, s], 2, CARAFE),
+        Upsampler("dysample", "DySample", lambda c, s: [c, s], 1, DySample),
     )
 }
 
@@ -70,6 +94,6 @@ def upsampler(name: str) -> Upsampler:
 def row_scale(module: str, args: list) -> int | None:
     """The scale of a YAML row if it is an upsampling row (module and args as written), else None."""
     for entry in UPSAMPLERS.values():
-        if entry.module == module and entry.scale_of is not None:
+        if entry.module == module and entry.scale_at is not None:
             return entry.scale_of(args)
     return None

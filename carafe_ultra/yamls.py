@@ -85,12 +85,15 @@ def carafe_yaml(model: str | Path, out_dir: str | Path | None = None) -> str:
     return convert_yaml(model, "carafe", out_dir)
 
 
-def convert_yaml(model: str | Path, upsampler_name: str, out_dir: str | Path | None = None) -> str:
+def convert_yaml(
+    model: str | Path, upsampler_name: str, out_dir: str | Path | None = None, options: dict | None = None
+) -> str:
     """Write ``model`` with every upsampling row (``nn.Upsample``, ``CARAFE``, ``DySample``) written the way the
     upsampler ``upsampler_name`` of :data:`carafe_ultra.upsamplers.UPSAMPLERS` writes it; return the file's path.
 
     Each row keeps its scale and its input channels (taken from the layer feeding it), so every other layer keeps
-    its shape at every model scale. See :func:`carafe_yaml` for the arguments.
+    its shape at every model scale. ``options`` sets keyword arguments of our modules in every row, e.g.
+    ``{"kernel_size": 3}`` (the file name does not show them). See :func:`carafe_yaml` for the other arguments.
     """
     entry = upsampler(upsampler_name)
     source = find_model_yaml(model)
@@ -102,9 +105,10 @@ def convert_yaml(model: str | Path, upsampler_name: str, out_dir: str | Path | N
     for index, (origin, repeats, module, args) in enumerate(rows):
         scale = row_scale(module, args)
         if scale is not None:
-            new_rows[index] = [origin, repeats, entry.module, entry.row_args(_input_channels(rows, index), scale)]
+            args = entry.yaml_args(_input_channels(rows, index), scale, options)
+            new_rows[index] = [origin, repeats, entry.module, args]
     if not new_rows:
-        modules = sorted({u.module for u in UPSAMPLERS.values() if u.scale_of is not None})
+        modules = sorted({u.module for u in UPSAMPLERS.values() if u.scale_at is not None})
         raise ValueError(f"{model} ({source}) has no upsampling row ({', '.join(modules)}) to replace")
 
     layers = ", ".join(map(str, new_rows))
@@ -187,6 +191,8 @@ def _flow(value) -> str:
     """Row arguments as the stock files write them: [None, 2, "nearest"] (None bare, other strings quoted)."""
     if isinstance(value, list):
         return "[" + ", ".join(_flow(item) for item in value) + "]"
+    if value is None:
+        return "null"
     if isinstance(value, str) and value != "None":
         return json.dumps(value)
     return str(value)

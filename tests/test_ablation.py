@@ -8,9 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from carafe_ultra import CARAFE, DySample, convert_yaml
-from carafe_ultra.experiments.ablation import RunResult, Settings, latency_ms, run_ablation
-from carafe_ultra.experiments.report import markdown_table, summarise
+from ultralytics import YOLO
+from ultralytics.nn.tasks import DetectionModel
+
+from carafe_ultra import CARAFE, DySample, convert_yaml, model_yaml
+from carafe_ultra.experiments import ablation
+from carafe_ultra.experiments.ablation import (
+    Settings,
+    _weights_taken,
+    _with_mask_lr_scale,
+    default_data,
+    latency_ms,
+    pretrained_base,
+    recipe,
+    run_ablation,
+)
 from carafe_ultra.integration import ultralytics_model
 from carafe_ultra.upsamplers import UPSAMPLERS
 from tests.helpers import tiny_dataset
@@ -37,56 +49,183 @@ def test_every_arm_builds_with_the_families_channels(family, arm, tmp_path):
         model(x)  # channels line up, or this fails
 
 
-def fake(arm, seed, m50, m):
-    return RunResult(upsampler=arm, seed=seed, mAP50=m50, mAP50_95=m, params=100, GFLOPs=1.0, latency_ms=2.0,
-                     train_seconds=1.0)
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("data"))
 
 
-def test_report_deltas_and_honest_verdict():
-    settings = Settings(seeds=[0, 1])
-    results = [fake("nearest", 0, 0.50, 0.30), fake("carafe", 0, 0.52, 0.31),
-               fake("nearest", 1, 0.52, 0.32), fake("carafe", 1, 0.50, 0.29)]
-    summary = {"arms": summarise(results), "settings": {**settings.__dict__, "data": "d.yaml"}, "seeds": [0, 1]}
-    table = markdown_table(summary)
-    assert "| carafe | 0.510 ± 0.014 | +0.000 | 0.300 ± 0.014 | -0.010 |" in table
-    assert "carafe is within the seed spread of nearest" in table
-    clear = [fake("nearest", 0, 0.5, 0.30), fake("carafe", 0, 0.4, 0.20)]
-    table = markdown_table({"arms": summarise(clear), "settings": summary["settings"], "seeds": [0]})
-    assert "carafe trails nearest (-0.100 mAP50-95" in table and "One seed only" in table
+def tiny(tmp_path, data, **overrides):
+    return Settings(**{"data": data, "epochs": 1, "imgsz": 64, "batch": 4, "workers": 0, "seeds": [0],
+                       "out": str(tmp_path / "out"), **overrides})
 
 
-def test_tiny_ablation_end_to_end_and_resume(tmp_path, capsys):
-    data = tiny_dataset(tmp_path / "data")
-    settings = Settings(data=data, epochs=1, imgsz=64, batch=4, workers=0, arms=list(UPSAMPLERS),
-                        out=str(tmp_path / "out"))
+def test_tiny_ablation_end_to_end_and_resume(tmp_path, capsys, data):
+    settings = tiny(tmp_path, data, arms=[*UPSAMPLERS, "carafe:kernel_size=3,compressed_channels=16"])
     summary = run_ablation(settings)
     arms = {a["upsampler"]: a for a in summary["arms"]}
-    assert set(arms) == set(UPSAMPLERS)
+    assert list(arms) == settings.arms
     for a in arms.values():
         assert {"upsampler", "mAP50", "mAP50-95", "params", "GFLOPs", "latency_ms"} <= set(a)
         assert a["GFLOPs"] > 0 and a["latency_ms"] > 0
+    assert arms["carafe"]["params"] > arms["carafe:kernel_size=3,compressed_channels=16"]["params"]
     assert arms["carafe"]["params"] > arms["dysample"]["params"] > arms["nearest"]["params"]
     assert arms["nearest"]["params"] == arms["bilinear"]["params"]
     out = tmp_path / "out"
+    small = ultralytics_model(out / "runs" / "carafe-kernel_size-3-compressed_channels-16-seed0" / "weights" / "best.pt")
+    assert {(m.kernel_size, m.compressor.out_channels) for m in small.model.modules() if isinstance(m, CARAFE)} == {(3, 16)}
     assert json.loads((out / "summary.json").read_text())["settings"]["epochs"] == 1
     assert "| nearest |" in (out / "summary.md").read_text()
     assert (out / "summary.png").stat().st_size > 10_000
     capsys.readouterr()
     again = run_ablation(settings)  # everything finished: nothing is trained again
-    assert capsys.readouterr().out.count("already finished") == len(UPSAMPLERS)
+    assert capsys.readouterr().out.count("already finished") == len(settings.arms)
     assert again["arms"] == summary["arms"]
 
 
-def test_unknown_arm_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="unknown upsampler 'pixelshuffle'; choose from nearest, bilinear"):
-        run_ablation(Settings(arms=["nearest", "pixelshuffle"], out=str(tmp_path)))
+def test_parallel_jobs_log_each_run_to_its_file(tmp_path, data):
+    summary = run_ablation(tiny(tmp_path, data, jobs=2, arms=["nearest", "carafe"]))
+    assert [a["upsampler"] for a in summary["arms"]] == ["nearest", "carafe"]
+    for arm in ("nearest", "carafe"):
+        log = (tmp_path / "out" / "runs" / f"{arm}-seed0.log").read_text()
+        assert "1 epochs completed" in log and (tmp_path / "out" / "runs" / f"{arm}-seed0" / "result.json").is_file()
 
 
-def test_command_line(tmp_path):
-    data = tiny_dataset(tmp_path / "data")
+def batches_seen(arm, seed, settings, data):
+    """(image files, pixel sums) of every training batch one arm's run sees."""
+    seen = []
+
+    def record(trainer):  # every training batch passes through preprocess_batch
+        preprocess = trainer.preprocess_batch
+        trainer.preprocess_batch = lambda batch: seen.append(
+            (tuple(batch["im_file"]), float(batch["img"].float().sum()))) or preprocess(batch)
+
+    model = ultralytics_model(convert_yaml(settings.model, arm, Path(settings.out) / arm))
+    model.add_callback("on_train_start", record)
+    model.train(**recipe(settings, seed), data=data, project=settings.out, name=f"{arm}-{seed}", exist_ok=True)
+    return seen
+
+
+def test_seeds_pair_the_arms(tmp_path, data):
+    settings = tiny(tmp_path, data, epochs=2, mosaic=1.0)  # with augmentation draws to compare
+    nearest = batches_seen("nearest", 0, settings, data)
+    assert len(nearest) == 4
+    assert batches_seen("carafe", 0, settings, data) == nearest  # same order, same augmented pixels
+    assert batches_seen("nearest", 1, settings, data) != nearest
+
+
+@pytest.fixture(scope="module")
+def trained_stock(data, tmp_path_factory):
+    """A stock YOLOv8n (nearest) trained on the tiny set: weights to start from."""
+    project = tmp_path_factory.mktemp("stock")
+    YOLO("yolov8n.yaml").train(data=data, epochs=1, imgsz=64, batch=4, workers=0, device="cpu", plots=False,
+                               project=str(project), name="stock")
+    return project / "stock" / "weights" / "best.pt"
+
+
+def test_every_stock_weight_transfers_into_the_carafe_model(trained_stock):
+    stock = YOLO(trained_stock).model
+    model = DetectionModel(model_yaml("yolov8n-carafe.yaml"), nc=stock.nc, verbose=False)
+    model.load(stock)  # what YOLO("yolov8n-carafe.yaml").load("yolov8n.pt") does
+    state, stock = model.state_dict(), stock.float().state_dict()
+    assert sorted(name for name in state if name not in stock) == [
+        f"model.{i}.{conv}.{p}" for i in (10, 13) for conv in ("compressor", "encoder") for p in ("bias", "weight")]
+    assert all(torch.equal(state[name], stock[name]) for name in stock)  # every stock entry, unchanged
+
+
+def test_ablation_from_weights_reports_what_each_arm_took(tmp_path, data, trained_stock):
+    summary = run_ablation(tiny(tmp_path, data, weights=str(trained_stock), arms=["nearest", "carafe"]))
+    arms = {a["upsampler"]: a for a in summary["arms"]}
+    taken, total = arms["nearest"]["weights_taken"]
+    assert taken == total  # the stock model: everything came from the checkpoint
+    carafe_taken, carafe_total = arms["carafe"]["weights_taken"]
+    carafe_entries = sum(1 for m in (10, 13) for _ in CARAFE(16).state_dict())
+    assert carafe_taken == taken and carafe_total == total + carafe_entries
+    assert f"carafe took over {taken}/{carafe_total} state entries" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_yolo_train_with_pretrained_weights(tmp_path, data, trained_stock):
+    model = YOLO(model_yaml("yolov8n-carafe.yaml"))
+    taken = []
+    model.add_callback("on_pretrain_routine_end", lambda t: taken.append(_weights_taken(t, str(trained_stock))))
+    model.train(data=data, pretrained=str(trained_stock), epochs=1, imgsz=64, batch=4, workers=0, device="cpu",
+                plots=False, project=str(tmp_path), name="tune")
+    assert taken[0][0] == len(YOLO(trained_stock).model.state_dict())
+
+
+def test_pretrained_base_is_trained_once_and_cached(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("CARAFE_ULTRA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ablation, "default_data", lambda imgsz, seed=0: data)
+    settings = tiny(tmp_path, None, pretrain_epochs=1, arms=["nearest", "carafe"])
+    messages = []
+    run_ablation(settings, log=messages.append)
+    assert any("base model: training yolov8n.yaml (nearest) for 1 epochs" in m for m in messages)
+    (base,) = (tmp_path / "cache" / "bases").glob("yolov8n-*/weights/best.pt")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["settings"]["weights"] == str(base)
+    assert all(a["weights_taken"][0] > 300 for a in summary["arms"])
+    messages.clear()
+    assert pretrained_base(settings, messages.append) == str(base) and messages == [f"base model: reusing {base}"]
+
+
+def test_mask_learning_rate_scale(tmp_path, data):
+    settings = tiny(tmp_path, data, mask_lr_scale=4.0)
+    model = ultralytics_model(convert_yaml(settings.model, "carafe", tmp_path))
+    groups = []
+    model.add_callback("on_train_start", lambda t: groups.extend(
+        (len(g["params"]), g["initial_lr"], {id(p) for p in g["params"]}) for g in t.optimizer.param_groups))
+    trainer = _with_mask_lr_scale(model.task_map[model.task]["trainer"], 4.0)
+    model.train(**recipe(settings, 0), data=data, trainer=trainer, project=str(tmp_path), name="lr")
+    carafes = [m for m in model.trainer.model.modules() if isinstance(m, CARAFE)]
+    masks = {id(p) for m in carafes for p in (*m.compressor.parameters(), *m.encoder.parameters())}
+    mask_groups = [g for g in groups if g[2] and g[2] <= masks]
+    other_lrs = {g[1] for g in groups if g[2] and not g[2] & masks}
+    assert sum(g[0] for g in mask_groups) == len(masks) == 8  # weights and biases of 2 compressors, 2 encoders
+    assert {g[1] for g in mask_groups} <= {lr * 4.0 for lr in other_lrs}
+
+
+@pytest.mark.parametrize(
+    "overrides,error,pattern",
+    [
+        ({"arms": ["nearest", "pixelshuffle"]}, ValueError, "unknown upsampler 'pixelshuffle'; choose from nearest"),
+        ({"arms": ["carafe:k=3"]}, ValueError, "carafe options must be among kernel_size, encoder_kernel"),
+        ({"arms": ["carafe:kernel_size"]}, ValueError, "options are key=value pairs"),
+        ({"arms": ["carafe:kernel_size=three"]}, ValueError, "'three' is not a literal"),
+        ({"arms": ["nearest:kernel_size=3"]}, ValueError, "nearest takes no options"),
+        ({"arms": ["carafe:up_factor=4"]}, ValueError, "carafe options must be among"),
+        ({"arms": ["carafe", "carafe"]}, ValueError, "arms must be distinct"),
+        ({"seeds": []}, ValueError, "seeds must be distinct and at least one"),
+        ({"epochs": 0}, ValueError, "epochs must be a positive int"),
+        ({"jobs": 0}, ValueError, "jobs must be a positive int"),
+        ({"weights": "missing.pt"}, FileNotFoundError, "weights 'missing.pt' is not a file"),
+        ({"pretrain_epochs": 2, "data": "my.yaml"}, ValueError, "pretrain_epochs needs the generated data"),
+        ({"mask_lr_scale": 0}, ValueError, "mask_lr_scale must be positive"),
+    ],
+)
+def test_bad_settings_fail_before_training(overrides, error, pattern):
+    with pytest.raises(error, match=pattern):
+        Settings(**overrides)
+
+
+def test_default_data_keeps_pixels_and_objects_per_split():
+    from carafe_ultra.experiments.data import ShapesSpec
+
+    captured = []
+    original = ablation.shapes_dataset
+    try:
+        ablation.shapes_dataset = lambda spec: captured.append(spec) or "data.yaml"
+        default_data(160), default_data(320, seed=1)
+    finally:
+        ablation.shapes_dataset = original
+    assert captured[0] == ShapesSpec()
+    assert (captured[1].train_images, captured[1].val_images, captured[1].image_size) == (64, 16, 320)
+    assert captured[1].objects == (16, 48) and captured[1].seed == 1
+
+
+def test_command_line(tmp_path, data):
     script = Path(__file__).parents[1] / "scripts" / "ablate.py"
     run = subprocess.run([sys.executable, str(script), "--data", data, "--epochs", "1", "--imgsz", "64",
-                          "--batch", "4", "--workers", "0", "--arms", "nearest", "carafe", "--out", str(tmp_path / "o")],
+                          "--batch", "4", "--workers", "0", "--seeds", "0", "--arms", "nearest", "carafe",
+                          "--out", str(tmp_path / "o")],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| carafe |" in run.stdout and f"plot: {tmp_path / 'o' / 'summary.png'}" in run.stdout

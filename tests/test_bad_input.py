@@ -89,6 +89,10 @@ def test_different_devices():
         ({"encoder_kernel": 4}, ValueError, "encoder_kernel must be odd"),
         ({"compressed_channels": 0}, ValueError, "compressed_channels must be >= 1"),
         ({"groups": 3}, ValueError, r"output channels \(c2\) \(64\) must be divisible by groups \(3\)"),
+        ({"centre_weight": 1.0}, ValueError, r"centre_weight must be None or a number in \[1/kernel_size\*\*2, 1\) "
+                                             r"= \[0.04, 1\), got 1.0"),
+        ({"centre_weight": 0.01}, ValueError, r"centre_weight must be None or a number in .*got 0.01"),
+        ({"centre_weight": "0.8"}, ValueError, r"centre_weight must be None or a number in .*got '0.8'"),
     ],
 )
 def test_module_bad_arguments(kwargs, error, pattern):

@@ -141,3 +141,21 @@ def test_torch_fx_and_feature_extraction():
     torch.testing.assert_close(features["out"], expected)
     with pytest.raises(ValueError, match=r"CARAFE expects input of shape \(N, 8, H, W\), got \(1, 3, 5, 5\)"):
         torch.fx.symbolic_trace(network[1])(torch.randn(1, 3, 5, 5))  # the traced graph still checks its input
+
+
+@pytest.mark.parametrize("kernel,groups,scale", [(5, 1, 2), (3, 2, 3)])
+def test_centre_weight_starts_each_window_at_its_centre(kernel, groups, scale):
+    module = CARAFE(8, kernel_size=kernel, up_factor=scale, groups=groups, centre_weight=0.8)
+    masks = module.masks(torch.randn(2, 8, 4, 5)).view(2, groups, kernel**2, 4 * scale, 5 * scale)
+    torch.testing.assert_close(masks[:, :, kernel**2 // 2], torch.full_like(masks[:, :, 0], 0.8), rtol=0.01, atol=0)
+    others = torch.cat([masks[:, :, : kernel**2 // 2], masks[:, :, kernel**2 // 2 + 1 :]], dim=2)
+    torch.testing.assert_close(others, torch.full_like(others, 0.2 / (kernel**2 - 1)), rtol=0.05, atol=0)
+    assert "centre_weight=0.8" in repr(module)
+    uniform = CARAFE(8, kernel_size=kernel, centre_weight=1 / kernel**2).masks(torch.randn(1, 8, 3, 3))
+    torch.testing.assert_close(uniform, torch.full_like(uniform, 1 / kernel**2), rtol=0.05, atol=0)
+
+
+def test_checkpoints_from_before_centre_weight_still_load():
+    module = CARAFE(8)
+    del module.centre_weight  # what unpickling an older module gives: no instance attribute
+    assert module.centre_weight is None and "centre_weight" not in repr(module)

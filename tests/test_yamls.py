@@ -89,3 +89,14 @@ def test_command_line(tmp_path):
     listing = subprocess.run([sys.executable, "-m", "carafe_ultra", "models"], capture_output=True, text=True,
                              timeout=300).stdout.split()
     assert listing == [str(p) for p in sorted(model_dir().glob("*.yaml"))]
+
+
+def test_options_set_our_modules_keyword_arguments(tmp_path):
+    path = convert_yaml("yolov8n.yaml", "carafe", tmp_path, {"compressed_channels": 32, "kernel_size": 3})
+    assert [r[2:] for r in rows(path) if r[2] == "CARAFE"] == [["CARAFE", [1024, 3, 2, 3, 32]],
+                                                                ["CARAFE", [512, 3, 2, 3, 32]]]
+    with pytest.raises(ValueError, match="carafe options must be among kernel_size, encoder_kernel, "
+                                         "compressed_channels, groups, centre_weight; got up_factor"):
+        convert_yaml("yolov8n.yaml", "carafe", tmp_path, {"up_factor": 4})
+    with pytest.raises(ValueError, match="nearest takes no options"):
+        convert_yaml("yolov8n.yaml", "nearest", tmp_path, {"kernel_size": 3})

@@ -1,103 +1,180 @@
-"""The ablation's report: summary.json, summary.md (the table, deltas against nearest) and summary.png."""
+"""The ablation's report: summary.json, summary.md (the table and a verdict per arm) and summary.png.
+
+Arms are compared with nearest upsampling through seed-paired differences (same seed: same data order and
+augmentation), and the verdict comes from a 90% interval of their mean, never from the mean alone.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 
-METRICS = ("mAP50", "mAP50_95")
-COSTS = ("params", "GFLOPs", "latency_ms")
+METRICS = {"mAP50": "mAP50", "mAP50-95": "mAP50_95"}  # report key: RunResult field
+BASELINE = "nearest"
+CONFIDENCE = 0.90
+DELTA_METHOD = (f"{CONFIDENCE:.0%} Student-t interval of the mean of the seed-paired differences "
+                "(arm minus nearest with the same seed), n-1 degrees of freedom")
 
 
 def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(results: list) -> list[dict]:
-    """One entry per arm, in the order the arms first appear: means and spreads over seeds."""
+def student_t_quantile(probability: float, dof: int) -> float:
+    """The ``probability`` quantile (in [0.5, 1)) of Student's t distribution with ``dof`` degrees of freedom.
+
+    Its CDF is integrated from the density (Simpson's rule) and inverted by bisection: accurate to about 1e-6,
+    which is plenty for an interval of a handful of seeds (and keeps SciPy out of the dependencies).
+    """
+    if not 0.5 <= probability < 1 or dof < 1:
+        raise ValueError(f"need 0.5 <= probability < 1 and dof >= 1, got {probability}, {dof}")
+    scale = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(dof * math.pi)
+
+    def density(t: float) -> float:
+        return scale * (1 + t * t / dof) ** (-(dof + 1) / 2)
+
+    def mass_to(x: float, steps: int = 2000) -> float:  # the probability of [0, x]
+        h = x / steps
+        odd = sum(density((2 * i - 1) * h) for i in range(1, steps // 2 + 1))
+        even = sum(density(2 * i * h) for i in range(1, steps // 2))
+        return h / 3 * (density(0) + 4 * odd + 2 * even + density(x))
+
+    low, high = 0.0, 1.0
+    while 0.5 + mass_to(high) < probability:
+        low, high = high, 2 * high
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if 0.5 + mass_to(middle) < probability else (low, middle)
+    return (low + high) / 2
+
+
+def paired_delta(values: dict[int, float], baseline: dict[int, float]) -> dict:
+    """Mean and 90% interval of ``values[seed] - baseline[seed]`` over the seeds both have.
+
+    ``low`` and ``high`` are None with fewer than two paired seeds (no spread to estimate).
+    """
+    differences = [values[seed] - baseline[seed] for seed in values if seed in baseline]
+    if not differences:
+        raise ValueError("no seed in common with the nearest arm: nothing to pair")
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return {"mean": mean, "low": None, "high": None, "n": 1}
+    n = len(differences)
+    half = student_t_quantile(0.5 + CONFIDENCE / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(differences)}
+
+
+def verdict(delta: dict) -> str:
+    """The word for a paired difference: better, worse or not distinguishable at this budget (interval only)."""
+    if delta["low"] is not None and delta["low"] > 0:
+        return "better"
+    if delta["high"] is not None and delta["high"] < 0:
+        return "worse"
+    return "not distinguishable at this budget"
+
+
+def summarise(results: list, costs: list) -> list[dict]:
+    """One entry per arm, in the order the arms first appear: per-seed values, means, spreads, the arm's cost,
+    and the paired differences against nearest (``delta_vs_nearest``) for every other arm."""
     arms: dict[str, list] = {}
     for result in results:
         arms.setdefault(result.upsampler, []).append(result)
+    cost_of = {cost.upsampler: cost for cost in costs}
     summary = []
     for arm, runs in arms.items():
         entry = {"upsampler": arm, "seeds": [r.seed for r in runs]}
-        for metric in METRICS:
-            values = [getattr(r, metric) for r in runs]
-            key = "mAP50-95" if metric == "mAP50_95" else metric
+        for key, attribute in METRICS.items():
+            values = [getattr(r, attribute) for r in runs]
             entry[key], entry[f"{key}_std"], entry[f"{key}_runs"] = statistics.fmean(values), _spread(values), values
-        for cost in COSTS:
-            entry[cost] = statistics.fmean(getattr(r, cost) for r in runs)
-        entry["params"] = int(entry["params"])
+        entry.update({k: v for k, v in asdict(cost_of[arm]).items() if k != "upsampler"})
         entry["train_seconds"] = statistics.fmean(r.train_seconds for r in runs)
+        entry["weights_taken"] = runs[0].weights_taken
         summary.append(entry)
+    base = next((a for a in summary if a["upsampler"] == BASELINE), None)
+    for entry in summary:
+        if base is not None and entry is not base:
+            entry["delta_vs_nearest"] = {
+                key: paired_delta(dict(zip(entry["seeds"], entry[f"{key}_runs"])),
+                                  dict(zip(base["seeds"], base[f"{key}_runs"])))
+                for key in METRICS
+            }
     return summary
 
 
-def write_summary(settings, data: str, results: list) -> dict:
+def write_summary(settings, data: str, results: list, costs: list) -> dict:
     out = Path(settings.out)
-    arms = summarise(results)
-    summary = {"arms": arms, "settings": {**asdict(settings), "data": data}, "seeds": list(settings.seeds),
-               "runs": [asdict(r) for r in results]}
+    arms = summarise(results, costs)
+    summary = {"arms": arms, "delta_method": DELTA_METHOD, "settings": {**asdict(settings), "data": data},
+               "seeds": list(settings.seeds), "runs": [asdict(r) for r in results]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown_table(summary))
     plot(summary, out / "summary.png")
     return summary
 
 
-def _delta(entry: dict, base: dict | None, key: str) -> str:
-    if base is None or entry is base:
+def _interval(delta: dict | None) -> str:
+    if delta is None:
         return ""
-    return f"{entry[key] - base[key]:+.3f}"
+    if delta["low"] is None:
+        return f"{delta['mean']:+.3f}"
+    return f"{delta['mean']:+.3f} [{delta['low']:+.3f}, {delta['high']:+.3f}]"
 
 
 def markdown_table(summary: dict) -> str:
     arms = summary["arms"]
-    base = next((a for a in arms if a["upsampler"] == "nearest"), None)
     s = summary["settings"]
-    seeds = len(summary["seeds"])
+    seeds = summary["seeds"]
+    spread = len(seeds) > 1
+    start = f", starting from `{s['weights']}`" if s.get("weights") else ", from scratch"
     lines = [
         f"# Upsampler ablation: {Path(s['model']).name}",
         "",
-        f"Data `{s['data']}`; {s['epochs']} epochs at {s['imgsz']} px, batch {s['batch']}, device {s['device']}, "
-        f"seeds {summary['seeds']}. Values are means over seeds" + (" ± standard deviation." if seeds > 1 else "."),
-        "Latency: one image, batch 1, float32, model forward only, median, measured the same way for every arm.",
+        f"Data `{s['data']}`; {s['epochs']} epochs at {s['imgsz']} px, batch {s['batch']}, device {s['device']}"
+        f"{start}; seeds {seeds}. Accuracy is the final model's on the validation split, the mean over seeds"
+        + (" ± standard deviation" if spread else "") + ".",
+        f"Δ is against nearest: the mean of the seed-paired differences and, in brackets, its {CONFIDENCE:.0%} "
+        "Student-t interval. Latency: one image, batch 1, float32, model forward only, median.",
         "",
-        "| upsampler | mAP50 | Δ mAP50 | mAP50-95 | Δ mAP50-95 | params | GFLOPs | latency ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| upsampler | mAP50 | Δ mAP50 | mAP50-95 | Δ mAP50-95 | verdict (mAP50-95) | params | GFLOPs | latency ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for a in arms:
-        spread = (lambda k: f" ± {a[k + '_std']:.3f}") if seeds > 1 else (lambda k: "")
+        delta = a.get("delta_vs_nearest")
+        sd = (lambda key: f" ± {a[key + '_std']:.3f}") if spread else (lambda key: "")
         lines.append(
-            f"| {a['upsampler']} | {a['mAP50']:.3f}{spread('mAP50')} | {_delta(a, base, 'mAP50')} "
-            f"| {a['mAP50-95']:.3f}{spread('mAP50-95')} | {_delta(a, base, 'mAP50-95')} "
+            f"| {a['upsampler']} | {a['mAP50']:.3f}{sd('mAP50')} | {_interval(delta and delta['mAP50'])} "
+            f"| {a['mAP50-95']:.3f}{sd('mAP50-95')} | {_interval(delta and delta['mAP50-95'])} "
+            f"| {verdict(delta['mAP50-95']) if delta else ''} "
             f"| {a['params']:,} | {a['GFLOPs']:.2f} | {a['latency_ms']:.1f} |"
         )
-    lines += ["", verdict(arms, base, seeds), ""]
+    lines += ["", *_sentences(arms), ""]
     return "\n".join(lines)
 
 
-def verdict(arms: list[dict], base: dict | None, seeds: int) -> str:
-    """One honest sentence per learned arm: better, worse or within noise against nearest."""
-    if base is None:
-        return "No nearest arm, so no deltas."
+def _sentences(arms: list[dict]) -> list[str]:
+    """One sentence per arm compared with nearest, from the intervals, plus what the weights transfer took."""
+    if not any("delta_vs_nearest" in a for a in arms):
+        return ["No nearest arm, so no comparison."]
     sentences = []
     for a in arms:
-        if a is base:
-            continue
-        delta = a["mAP50-95"] - base["mAP50-95"]
-        noise = max(a["mAP50-95_std"], base["mAP50-95_std"])
-        if seeds > 1 and abs(delta) <= noise:
-            word = "is within the seed spread of"
-        else:
-            word = "beats" if delta > 0 else "trails" if delta < 0 else "ties"
-        extra = f" ({delta:+.3f} mAP50-95, {a['params'] - base['params']:+,} params, " \
-                f"{a['latency_ms'] - base['latency_ms']:+.1f} ms)"
-        sentences.append(f"{a['upsampler']} {word} nearest{extra}.")
-    if seeds == 1:
-        sentences.append("One seed only: differences this small can be noise; use --seeds 0 1 2 to see the spread.")
-    return " ".join(sentences)
+        delta = a.get("delta_vs_nearest")
+        if delta:
+            d50, d = delta["mAP50"], delta["mAP50-95"]
+            sentences.append(
+                f"- {a['upsampler']} against nearest over {d['n']} paired seed(s): mAP50-95 {verdict(d)} "
+                f"({_interval(d)}), mAP50 {verdict(d50)} ({_interval(d50)})."
+            )
+    if any(a.get("delta_vs_nearest", {}).get("mAP50-95", {}).get("n") == 1 for a in arms):
+        sentences.append("- One seed gives no interval, so nothing can be told apart: use --seeds 0 1 2 or more.")
+    for a in arms:
+        if a["weights_taken"]:
+            taken, total = a["weights_taken"]
+            sentences.append(f"- {a['upsampler']} took over {taken}/{total} state entries from the weights; "
+                             f"{total - taken} started fresh.")
+    return sentences
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -108,32 +185,48 @@ def plot(summary: dict, path: Path) -> None:
 
     arms = summary["arms"]
     names = [a["upsampler"] for a in arms]
-    positions = range(len(arms))
-    fig, (acc, cost) = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.38
-    for offset, key, colour in ((-width / 2, "mAP50", "#4c72b0"), (width / 2, "mAP50-95", "#dd8452")):
-        xs = [p + offset for p in positions]
-        acc.bar(xs, [a[key] for a in arms], width, yerr=[a[f"{key}_std"] for a in arms], capsize=4,
-                color=colour, label=key)
-        for x, a in zip(xs, arms):  # every seed, so the spread is visible
-            acc.scatter([x] * len(a[f"{key}_runs"]), a[f"{key}_runs"], color="black", s=10, zorder=3)
-    acc.set_xticks(list(positions), names)
+    positions = list(range(len(arms)))
+    fig, (acc, diff, cost) = plt.subplots(1, 3, figsize=(16, 4.6))
+
+    # Every seed's value, the seeds joined across arms (they are paired), and the mean.
+    for offset, key, colour in ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50-95", "#dd8452")):
+        for seed in summary["seeds"]:
+            points = [(p + offset, a[f"{key}_runs"][a["seeds"].index(seed)]) for p, a in zip(positions, arms)
+                      if seed in a["seeds"]]
+            acc.plot(*zip(*points), color=colour, alpha=0.35, marker="o", markersize=4, linewidth=1)
+        acc.scatter([p + offset for p in positions], [a[key] for a in arms], color=colour, marker="_", s=400,
+                    linewidths=3, label=f"{key} (lines: seeds; bar: mean)", zorder=3)
+    acc.set_xticks(positions, names)
     acc.set_ylabel("mAP")
-    acc.set_ylim(0, 1.2 * max(a["mAP50"] + a["mAP50_std"] for a in arms) + 1e-3)
-    acc.set_title(f"Accuracy, {len(summary['seeds'])} seed(s): mean, std, and each seed")
-    acc.legend()
-    cost.bar([p - width / 2 for p in positions], [a["latency_ms"] for a in arms], width, color="#55a868",
-             label="latency ms (1 image)")
+    acc.set_title(f"Accuracy, each of {len(summary['seeds'])} seed(s)")
+    acc.legend(fontsize=8)
+
+    compared = [a for a in arms if "delta_vs_nearest" in a]
+    for p, a in enumerate(compared):
+        base = next(b for b in arms if b["upsampler"] == BASELINE)
+        for offset, key, colour in ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50-95", "#dd8452")):
+            delta = a["delta_vs_nearest"][key]
+            seeds = [s for s in a["seeds"] if s in base["seeds"]]
+            values = [a[f"{key}_runs"][a["seeds"].index(s)] - base[f"{key}_runs"][base["seeds"].index(s)] for s in seeds]
+            diff.scatter([p + offset] * len(values), values, color=colour, s=14, alpha=0.6)
+            error = None if delta["low"] is None else [[delta["mean"] - delta["low"]], [delta["high"] - delta["mean"]]]
+            diff.errorbar([p + offset], [delta["mean"]], yerr=error, color=colour, marker="D", capsize=5,
+                          label=key if p == 0 else None)
+    diff.axhline(0, color="grey", linewidth=1)
+    diff.set_xticks(range(len(compared)), [a["upsampler"] for a in compared])
+    diff.set_ylabel("difference to nearest, same seed")
+    diff.set_title(f"Paired difference to nearest: seeds and {CONFIDENCE:.0%} interval")
+    if compared:
+        diff.legend(fontsize=8)
+
+    width = 0.38
+    cost.bar([p - width / 2 for p in positions], [a["latency_ms"] for a in arms], width, color="#55a868")
     twin = cost.twinx()
-    twin.bar([p + width / 2 for p in positions], [a["GFLOPs"] for a in arms], width, color="#8172b3", label="GFLOPs")
-    cost.set_xticks(list(positions), names)
-    cost.set_ylabel("latency, ms")
-    twin.set_ylabel("GFLOPs")
-    cost.set_title("Cost")
-    cost.set_ylim(0, 1.35 * max(a["latency_ms"] for a in arms))  # headroom for the legend
-    twin.set_ylim(0, 1.35 * max(a["GFLOPs"] for a in arms))
-    handles = cost.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    twin.legend(handles, ["latency ms (1 image)", "GFLOPs"], loc="upper left", ncol=2)  # twin is drawn on top
+    twin.bar([p + width / 2 for p in positions], [a["GFLOPs"] for a in arms], width, color="#8172b3")
+    cost.set_xticks(positions, names)
+    cost.set_ylabel("latency, ms (1 image)", color="#55a868")
+    twin.set_ylabel("GFLOPs", color="#8172b3")
+    cost.set_title("Cost: latency (left bars), GFLOPs (right bars)")
     fig.suptitle(f"Upsampler ablation: {Path(summary['settings']['model']).name}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
