@@ -31,8 +31,9 @@ def carafe(features: Tensor, masks: Tensor, kernel_size: int, group_size: int = 
     Returns:
         Tensor[N, C, H * scale_factor, W * scale_factor] in the dtype of ``features``.
 
-    Mixed floating dtypes are accepted (autocast hands float16 features with float32 masks): the op
-    computes in the wider of the two and returns the features' dtype. Differentiable w.r.t. both inputs.
+    Mixed floating dtypes are accepted (autocast hands float16 features with float32 masks) and the result has
+    the features' dtype: the CUDA kernels read each input in its own dtype and accumulate in float32, the PyTorch
+    path computes in the wider of the two. Differentiable w.r.t. both inputs, to second order.
     """
     check_carafe_inputs(features, masks, kernel_size, group_size, scale_factor)
     return select_backend(features, masks)(features, masks, kernel_size, group_size, scale_factor)

@@ -65,9 +65,11 @@ def test_gpu_report_helpers_without_a_gpu():
     assert [f.name for f in files] == ["carafe.cu"]
     assert kernel_sha256(files) == hashlib.sha256(files[0].read_bytes()).hexdigest()
     case = {"n": 16, "channels": 256, "height": 40, "width": 40, "kernel": 5, "scale": 2, "dtype": "float16"}
-    report = {"device": "GPU", "copy_bandwidth_gbs": 3000.0, "goals": {"fwd_bw_fraction_fp16": 0.8},
+    report = {"device": "GPU", "copy_bandwidth_gbs": 3000.0, "first_use_check_ms": 12.5,
+              "goals": {"fwd_bw_fraction_fp16": 0.8},
               "cases": [{"case": case, "forward_ms": 0.1, "forward_gbs": 2400.0, "backward_ms": 0.3,
                          "backward_gbs": 1600.0},
                         {"case": case, "module": "dysample", "forward_backward_ms": 1.5}]}
     text = format_gpu_report(report)
-    assert "copy bandwidth 3000 GB/s" in text and "fwd_bw_fraction_fp16=0.800" in text and "dysample" in text
+    assert "copy bandwidth 3000 GB/s, first-use check 12.5 ms" in text and "fwd_bw_fraction_fp16=0.800" in text
+    assert "dysample" in text

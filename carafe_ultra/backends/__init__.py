@@ -1,9 +1,13 @@
 """The one place that decides which implementation runs a CARAFE call.
 
 - TorchScript tracing/scripting or ONNX export: :func:`carafe_traceable`, plain PyTorch ops a tracer can record.
-- CUDA tensor in float32/float16/bfloat16 with CuPy importable: the CUDA kernels (:mod:`.cuda_backend`).
-- Everything else (CPU, float64): the PyTorch path, :func:`carafe_torch`.
-- ``CARAFE_ULTRA_BACKEND=torch`` or ``=cupy`` forces one (``auto``, the default, decides as above).
+- Features and masks of float32/float16/bfloat16 (each its own) on a device the kernel launcher serves (CUDA
+  with CuPy importable): the kernels, :func:`carafe_cuda` (which falls back to the PyTorch path by itself for a
+  specialisation that fails its first-use check).
+- Everything else (CPU, float64): the PyTorch path, :func:`carafe_torch`. CUDA tensors that land here for want
+  of CuPy say so, once.
+- ``CARAFE_ULTRA_BACKEND=torch`` or ``=cupy`` forces one (``auto``, the default, decides as above); forcing
+  ``cupy`` where the kernels cannot run raises an error saying why.
 
 Callers go through :func:`carafe_ultra.carafe`; backends receive checked inputs.
 """
@@ -18,12 +22,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, cupy_importable
+from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, launcher_unavailable
 from .torch_backend import carafe_torch, carafe_traceable
 
 Backend = Callable[[Tensor, Tensor, int, int, int], Tensor]
 BACKEND_VARIABLE = "CARAFE_ULTRA_BACKEND"
 _CHOICES = ("auto", "torch", "cupy")
+
+
+def backend_choice() -> str:
+    """``CARAFE_ULTRA_BACKEND``, checked: auto (the default), torch or cupy."""
+    choice = os.environ.get(BACKEND_VARIABLE, "auto").strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(f"{BACKEND_VARIABLE} must be one of {', '.join(_CHOICES)}, got {choice!r}")
+    return choice
 
 
 def is_exporting() -> bool:
@@ -32,37 +44,31 @@ def is_exporting() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_no_cupy() -> None:  # cached: once per process
-    warnings.warn(
-        "carafe-ultra: CUDA tensors but CuPy is not installed, so CARAFE runs its (slower) PyTorch path. "
-        'Install the matching extra: pip install "carafe-ultra[cuda12]" or "carafe-ultra[cuda13]".',
-        stacklevel=4,
-    )
+def _warn_once(reason: str) -> None:
+    warnings.warn(f"carafe-ultra: CARAFE runs its (slower) PyTorch path on CUDA tensors: {reason}.", stacklevel=4)
 
 
 def select_backend(features: Tensor, masks: Tensor) -> Backend:
     """Return the implementation for these (already checked) inputs."""
-    choice = os.environ.get(BACKEND_VARIABLE, "auto").strip().lower() or "auto"
-    if choice not in _CHOICES:
-        raise ValueError(f"{BACKEND_VARIABLE} must be one of {', '.join(_CHOICES)}, got {choice!r}")
+    choice = backend_choice()
     exporting = is_exporting()
     if choice == "torch" or (choice == "auto" and exporting):
         return carafe_traceable if exporting else carafe_torch
-    kernel_dtypes = features.dtype in SUPPORTED_DTYPES and masks.dtype in SUPPORTED_DTYPES
-    if choice == "cupy":
-        if not (features.is_cuda and kernel_dtypes) or exporting:
-            raise ValueError(
-                f"{BACKEND_VARIABLE}=cupy needs CUDA tensors of float32/float16/bfloat16 outside tracing and export, "
-                f"got {features.dtype} on {features.device}"
-            )
-        if not cupy_importable():
-            raise RuntimeError(f"{BACKEND_VARIABLE}=cupy but CuPy cannot be imported")
-        return carafe_cuda
-    if features.is_cuda and kernel_dtypes:
-        if cupy_importable():
+    if exporting:
+        reason = "tracers and exporters record plain PyTorch ops only"
+    elif features.dtype not in SUPPORTED_DTYPES or masks.dtype not in SUPPORTED_DTYPES:
+        reason = (f"the CUDA kernels take float32, float16 or bfloat16, got {features.dtype} features and "
+                  f"{masks.dtype} masks")  # float64 takes the PyTorch path by design: no warning
+    else:
+        reason = launcher_unavailable(features.device)
+        if reason is None:
             return carafe_cuda
-        _warn_no_cupy()
+        if features.is_cuda and choice == "auto":
+            _warn_once(reason)
+    if choice == "cupy":
+        raise ValueError(f"{BACKEND_VARIABLE}=cupy, but {reason}")
     return carafe_torch
 
 
-__all__ = ["BACKEND_VARIABLE", "Backend", "carafe_cuda", "carafe_torch", "carafe_traceable", "is_exporting", "select_backend"]
+__all__ = ["BACKEND_VARIABLE", "Backend", "backend_choice", "carafe_cuda", "carafe_torch", "carafe_traceable",
+           "is_exporting", "select_backend"]

@@ -1,76 +1,85 @@
-"""CARAFE on CUDA through CuPy RawKernels (kernels/carafe.cu), registered as torch.library custom ops.
+"""The CUDA path: CARAFE through the kernels of kernels/carafe.cu, as torch.library custom ops.
 
-The ops are opaque to torch.compile (their fake implementations give it shapes, so there is no graph break)
-and carry their own autograd formula. Kernels are compiled once per (device, kernel size, scale) and cached
-at module level, so CARAFE modules stay picklable and deep-copyable. Launches go to PyTorch's current stream
-on the tensors' own device.
+- The ops are opaque to torch.compile (their fake implementations give it shapes, so there is no graph break)
+  and carry their own autograd formulas, down to second order. A gradient nobody asked for is not computed.
+- Features and masks keep their own dtypes (float32, float16, bfloat16 each): under autocast float16 features
+  meet float32 masks and neither is converted. Accumulation is in float32, the output in the features' dtype.
+- Kernels run through a launcher (:mod:`.cupy_launcher` on GPUs). That seam lets the tests run these very ops
+  on CPU tensors through the host shim, and inject faults.
+- Checked on first use: the first call of each specialisation (dtype pair, kernel size, scale) on each device runs
+  the kernels on a small input with groups, borders and odd sizes, forward and both gradients, and compares them
+  with the PyTorch path. Any failure (compile, library, launch, wrong numbers, NaN), then or later, warns once,
+  naming the cause, the specialisation and the remedy; that specialisation then runs the PyTorch path for the rest
+  of the process. ``CARAFE_ULTRA_BACKEND=cupy`` turns the failure into an error.
 """
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
+import contextlib
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
-KERNEL_DIR = Path(__file__).parent / "kernels"
-KERNEL_SOURCE = KERNEL_DIR / "carafe.cu"
+from .cupy_launcher import CupyLauncher
+from .kernel_types import STORAGE_TYPES, KernelError, Launcher, Specialisation
+from .torch_backend import reassemble, reassemble_backward
+
 THREADS_PER_BLOCK = 128
 # Channels per thread in the forward kernel: fewer means more threads (parallelism) and more mask re-reads.
 FORWARD_CHANNEL_CHUNK = 64
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_Y = 65535
-_SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
-SUPPORTED_DTYPES = tuple(_SUFFIX)
+SUPPORTED_DTYPES = tuple(STORAGE_TYPES)
+
+# The first-use check: N, C, H, W with C in CHECK_GROUPS groups; odd sizes so every window crosses a border.
+CHECK_SHAPE = (2, 6, 5, 7)
+CHECK_GROUPS = 3
+# Largest error allowed against the float64 PyTorch path, relative to the largest value, by storage dtype.
+CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+REMEDIES = {
+    "compile": "NVRTC could not build the kernels for this GPU: upgrade CuPy and the CUDA toolkit it uses "
+               '(pip install -U "carafe-ultra[cuda12]", or [cuda13] to match your driver).',
+    "library": "CuPy could not load a CUDA library: install the CuPy extra that matches your CUDA driver "
+               '(pip install "carafe-ultra[cuda12]" or "carafe-ultra[cuda13]").',
+    "launch": "The GPU or its driver refused the kernels: check the driver; if it persists, report it with this message.",
+    "wrong": "This is a kernel bug: please report it with this message.",
+}
+
+_launcher: Launcher = CupyLauncher()
+_failures: dict[tuple[torch.device, Specialisation], str | None] = {}  # None: passed its first-use check
+_lock = threading.RLock()
+T = TypeVar("T")
 
 
-def nvrtc_options(kernel_size: int, scale_factor: int) -> tuple[str, ...]:
-    """Compiler options of one specialisation; the tests compile with exactly these."""
-    return ("-DCARAFE_K=%d" % kernel_size, "-DCARAFE_S=%d" % scale_factor, "--std=c++14")
+@contextlib.contextmanager
+def use_launcher(launcher: Launcher) -> Iterator[Launcher]:
+    """Run the CUDA path's kernels through ``launcher`` inside the block; first-use verdicts start afresh there."""
+    global _launcher, _failures
+    saved = _launcher, _failures
+    _launcher, _failures = launcher, {}
+    try:
+        yield launcher
+    finally:
+        _launcher, _failures = saved
 
 
-@functools.lru_cache(maxsize=None)
-def _module(kernel_size: int, scale_factor: int):
-    """One specialisation of kernels/carafe.cu, compiled on first use (CuPy also caches the binary on disk)."""
-    import cupy
-
-    return cupy.RawModule(code=KERNEL_SOURCE.read_text(), options=nvrtc_options(kernel_size, scale_factor))
+def launcher_unavailable(device: torch.device) -> str | None:
+    """Why the kernel launcher cannot run on ``device`` (not CUDA, no CuPy), or None when it can."""
+    return _launcher.unavailable(device)
 
 
-@functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, kernel_size: int, scale_factor: int, name: str):
-    """One entry point loaded on one device, cached for the process (never on module instances)."""
-    import cupy
-
-    with cupy.cuda.Device(device_index):
-        return _module(kernel_size, scale_factor).get_function(name)
-
-
-def _launch(name: str, like: Tensor, kernel_size: int, scale_factor: int, threads: int, grid_y: int, *args) -> None:
-    """Run carafe_<name>_<dtype> over ``threads`` x ``grid_y`` on ``like``'s device and current torch stream."""
-    import cupy
-    import numpy as np
-
-    if threads == 0:
-        return
-    blocks = -(-threads // THREADS_PER_BLOCK)
-    if blocks > MAX_GRID_X or grid_y > MAX_GRID_Y:
-        raise ValueError(f"CARAFE input too large for one launch ({blocks} x {grid_y} blocks of {THREADS_PER_BLOCK})")
-    device = like.device.index
-    kernel = _kernel(device, kernel_size, scale_factor, f"carafe_{name}_{_SUFFIX[like.dtype]}")
-    # Pointers travel as 64-bit integers (bfloat16 tensors have no __cuda_array_interface__), sizes as int64.
-    params = tuple(np.uint64(a.data_ptr()) if isinstance(a, Tensor) else np.int64(a) for a in args)
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(like.device).cuda_stream, device)
-    with cupy.cuda.Device(device), stream:
-        kernel((blocks, grid_y), (THREADS_PER_BLOCK,), params)
+def carafe_cuda(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """CARAFE with the kernels. Inputs are checked by the caller: SUPPORTED_DTYPES on a device the launcher
+    serves."""
+    return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
 
 
 def launch_geometry(name: str, shape: tuple[int, int, int, int], group_size: int, scale_factor: int) -> tuple[int, int, tuple[int, ...]]:
-    """(threads, grid_y, trailing int args) of one kernel launch for features of ``shape`` (N, C, H, W).
-
-    Shared by the CUDA launches and the CPU emulation in the tests, so both run the same geometry.
-    """
+    """(threads, grid_y, trailing int args) of one kernel launch for features of ``shape`` (N, C, H, W)."""
     n, channels, height, width = shape
     dims = (n, channels, height, width, group_size)
     if name == "backward_features":
@@ -83,18 +92,130 @@ def launch_geometry(name: str, shape: tuple[int, int, int, int], group_size: int
     return pixels, chunks, (*dims, -(-per_group // chunks))
 
 
-def _run(name: str, like: Tensor, kernel_size: int, group_size: int, scale_factor: int, *tensors: Tensor) -> None:
-    threads, grid_y, sizes = launch_geometry(name, tuple(like.shape), group_size, scale_factor)
-    _launch(name, like, kernel_size, scale_factor, threads, grid_y, *tensors, *sizes)
+def _launch(spec: Specialisation, name: str, features: Tensor, group_size: int, *tensors: Tensor) -> None:
+    """Run ``carafe_<name>`` on ``tensors`` for these features, through the current launcher."""
+    threads, grid_y, sizes = launch_geometry(name, tuple(features.shape), group_size, spec.scale_factor)
+    if threads == 0:
+        return
+    blocks = -(-threads // THREADS_PER_BLOCK)
+    if blocks > MAX_GRID_X or grid_y > MAX_GRID_Y:
+        raise KernelError("launch", f"input too large for one launch ({blocks} x {grid_y} blocks of {THREADS_PER_BLOCK})")
+    _launcher.launch(spec, name, (blocks, grid_y), THREADS_PER_BLOCK, (*tensors, *sizes))
+
+
+def _kernel_forward(spec: Specialisation, features: Tensor, masks: Tensor, group_size: int) -> Tensor:
+    n, channels, height, width = features.shape
+    out = features.new_empty(n, channels, height * spec.scale_factor, width * spec.scale_factor)
+    _launch(spec, "forward", features, group_size, features, masks, out)
+    return out
+
+
+def _kernel_backward(spec: Specialisation, grad_out: Tensor, features: Tensor, masks: Tensor, group_size: int,
+                     need_features: bool, need_masks: bool) -> tuple[Tensor | None, Tensor | None]:
+    grad_features = grad_masks = None
+    if need_masks:
+        grad_masks = torch.empty_like(masks)
+        _launch(spec, "backward_masks", features, group_size, grad_out, features, grad_masks)
+    if need_features:
+        grad_features = torch.empty_like(features)
+        _launch(spec, "backward_features", features, group_size, grad_out, masks, grad_features)
+    return grad_features, grad_masks
+
+
+def first_use_check(device: torch.device, spec: Specialisation) -> str | None:
+    """None if the kernels of ``spec`` agree with the PyTorch path on ``device``, else the cause and its remedy."""
+    k, s, groups = spec.kernel_size, spec.scale_factor, CHECK_GROUPS
+    n, channels, height, width = CHECK_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(n, channels, height, width, generator=generator)
+    logits = torch.randn(n, groups, k * k, height * s, width * s, generator=generator)
+    grad_out = torch.randn(n, channels, height * s, width * s, generator=generator)
+    inputs = (features.to(device, spec.features), logits.softmax(2).flatten(1, 2).to(device, spec.masks),
+              grad_out.to(device, spec.features))
+    try:
+        out = _kernel_forward(spec, inputs[0], inputs[1], groups)
+        grad_features, grad_masks = _kernel_backward(spec, inputs[2], inputs[0], inputs[1], groups, True, True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # an asynchronous launch failure surfaces here
+    except KernelError as error:
+        return f"{error.kind} failure: {error}. {REMEDIES[error.kind]}"
+    except Exception as error:  # a driver error at synchronisation, or anything a launcher did not expect
+        return f"launch failure: {type(error).__name__}: {error}. {REMEDIES['launch']}"
+
+    f64, m64, g64 = (t.cpu().double() for t in inputs)  # the same rounded inputs, exactly in float64
+    want_features, want_masks = reassemble_backward(g64, f64, m64, k, groups, s, True, True)
+    for name, got, want, dtype in (("output", out, reassemble(f64, m64, k, groups, s), spec.features),
+                                   ("features gradient", grad_features, want_features, spec.features),
+                                   ("masks gradient", grad_masks, want_masks, spec.masks)):
+        got = got.cpu().double()
+        if got.isnan().any():  # the reference, from finite inputs, has none
+            return f"wrong numbers: NaN in the {name} where the PyTorch path has none. {REMEDIES['wrong']}"
+        error, limit = (got - want).abs().max().item(), CHECK_TOLERANCE[dtype] * max(1.0, want.abs().max().item())
+        if error > limit:
+            return (f"wrong numbers: the {name} differs from the PyTorch path by up to {error:.3g} "
+                    f"(tolerance {limit:.3g}). {REMEDIES['wrong']}")
+    return None
+
+
+def _strict() -> bool:
+    from . import backend_choice  # the package imports this module: look the choice up when it is needed
+
+    return backend_choice() == "cupy"
+
+
+def _fail(key: tuple[torch.device, Specialisation], cause: str) -> None:
+    """Record that a specialisation failed on a device: warn once, or raise when the kernels were forced."""
+    device, spec = key
+    if _strict():
+        raise RuntimeError(f"CARAFE_ULTRA_BACKEND=cupy, but the CUDA kernels failed for {spec} on {device}: {cause}")
+    with _lock:
+        if _failures.get(key) is not None:
+            return  # already said
+        _failures[key] = cause
+    warnings.warn(
+        f"carafe-ultra: the CUDA kernels failed for {spec} on {device}: {cause} This specialisation runs the "
+        "PyTorch path for the rest of the process (correct results, slower). Set CARAFE_ULTRA_BACKEND=torch to "
+        "always use the PyTorch path, or =cupy to make this an error.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _kernels_or_torch(device: torch.device, spec: Specialisation, kernels: Callable[[], T], torch_path: Callable[[], T]) -> T:
+    """``kernels()`` if the specialisation passed its first-use check (running it now if it is due) and still
+    runs, else ``torch_path()``."""
+    key = (device, spec)
+    with _lock:
+        if key not in _failures:
+            cause = first_use_check(device, spec)
+            if cause is None:
+                _failures[key] = None
+            else:
+                _fail(key, cause)
+    if _failures[key] is not None:
+        if _strict():
+            _fail(key, _failures[key])
+        return torch_path()
+    try:
+        return kernels()
+    except KernelError as error:
+        _fail(key, f"{error.kind} failure: {error}. {REMEDIES[error.kind]}")
+        return torch_path()
+
+
+def _specialisation(features: Tensor, masks: Tensor, kernel_size: int, scale_factor: int) -> Specialisation:
+    return Specialisation(features.dtype, masks.dtype, kernel_size, scale_factor)
 
 
 @torch.library.custom_op("carafe_ultra::carafe_forward", mutates_args=())
 def carafe_forward(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
     features, masks = features.contiguous(), masks.contiguous()
-    n, channels, height, width = features.shape
-    out = features.new_empty(n, channels, height * scale_factor, width * scale_factor)
-    _run("forward", features, kernel_size, group_size, scale_factor, features, masks, out)
-    return out
+    spec = _specialisation(features, masks, kernel_size, scale_factor)
+    return _kernels_or_torch(
+        features.device, spec,
+        lambda: _kernel_forward(spec, features, masks, group_size),
+        lambda: reassemble(features, masks, kernel_size, group_size, scale_factor),
+    )
 
 
 @carafe_forward.register_fake
@@ -105,47 +226,69 @@ def _(features, masks, kernel_size, group_size, scale_factor):
 
 @torch.library.custom_op("carafe_ultra::carafe_backward", mutates_args=())
 def carafe_backward(
-    grad_out: Tensor, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int
+    grad_out: Tensor, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int,
+    need_features: bool, need_masks: bool,
 ) -> tuple[Tensor, Tensor]:
+    """(gradient w.r.t. features, gradient w.r.t. masks); one not asked for is an empty tensor."""
     grad_out, features, masks = grad_out.contiguous(), features.contiguous(), masks.contiguous()
-    grad_features, grad_masks = torch.empty_like(features), torch.empty_like(masks)
-    _run("backward_masks", features, kernel_size, group_size, scale_factor, grad_out, features, grad_masks)
-    _run("backward_features", features, kernel_size, group_size, scale_factor, grad_out, masks, grad_features)
-    return grad_features, grad_masks
+    spec = _specialisation(features, masks, kernel_size, scale_factor)
+    grads = _kernels_or_torch(
+        features.device, spec,
+        lambda: _kernel_backward(spec, grad_out, features, masks, group_size, need_features, need_masks),
+        lambda: reassemble_backward(grad_out, features, masks, kernel_size, group_size, scale_factor,
+                                    need_features, need_masks),
+    )
+    return (grads[0] if need_features else features.new_empty(0), grads[1] if need_masks else masks.new_empty(0))
 
 
 @carafe_backward.register_fake
-def _(grad_out, features, masks, kernel_size, group_size, scale_factor):
-    return torch.empty_like(features), torch.empty_like(masks)
+def _(grad_out, features, masks, kernel_size, group_size, scale_factor, need_features, need_masks):
+    return (torch.empty_like(features) if need_features else features.new_empty(0),
+            torch.empty_like(masks) if need_masks else masks.new_empty(0))
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _setup_forward(ctx, inputs, output) -> None:
     features, masks, kernel_size, group_size, scale_factor = inputs
     ctx.save_for_backward(features, masks)
     ctx.config = (kernel_size, group_size, scale_factor)
 
 
-def _backward(ctx, grad_out: Tensor):
+def _forward_grads(ctx, grad_out: Tensor):
     features, masks = ctx.saved_tensors
-    grad_features, grad_masks = carafe_backward(grad_out, features, masks, *ctx.config)
-    return grad_features, grad_masks, None, None, None
+    need_features, need_masks = ctx.needs_input_grad[:2]
+    grad_features, grad_masks = carafe_backward(grad_out, features, masks, *ctx.config, need_features, need_masks)
+    return (grad_features if need_features else None), (grad_masks if need_masks else None), None, None, None
 
 
-carafe_forward.register_autograd(_backward, setup_context=_setup_context)
+carafe_forward.register_autograd(_forward_grads, setup_context=_setup_forward)
 
 
-@functools.lru_cache(maxsize=None)
-def cupy_importable() -> bool:
-    """Whether CuPy can be imported (looked up once per process)."""
-    try:
-        import cupy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _setup_backward(ctx, inputs, output) -> None:
+    grad_out, features, masks, kernel_size, group_size, scale_factor, need_features, need_masks = inputs
+    ctx.save_for_backward(grad_out, features, masks)
+    ctx.config = (kernel_size, group_size, scale_factor)
+    ctx.computed = (need_features, need_masks)
 
 
-def carafe_cuda(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE with the CUDA kernels. Inputs are checked by the caller: CUDA tensors of SUPPORTED_DTYPES."""
-    compute = torch.promote_types(features.dtype, masks.dtype)
-    out = carafe_forward(features.to(compute), masks.to(compute), kernel_size, group_size, scale_factor)
-    return out.to(features.dtype)
+def _backward_grads(ctx, grad_of_features_grad: Tensor | None, grad_of_masks_grad: Tensor | None):
+    """Second order. The features gradient is linear in (grad_out, masks) and the masks gradient in
+    (grad_out, features); each is the other pair's adjoint of the forward, so the ops themselves express it."""
+    grad_out, features, masks = ctx.saved_tensors
+    config = ctx.config
+    u = grad_of_features_grad if ctx.computed[0] else None  # an empty output has no gradient to pass on
+    v = grad_of_masks_grad if ctx.computed[1] else None
+    want_grad_out, want_features, want_masks = ctx.needs_input_grad[:3]
+    result_grad_out = result_features = result_masks = None
+    if want_grad_out and u is not None:
+        result_grad_out = carafe_forward(u, masks, *config)
+    if want_grad_out and v is not None:
+        term = carafe_forward(features, v, *config)
+        result_grad_out = term if result_grad_out is None else result_grad_out + term
+    if want_features and v is not None:
+        result_features = carafe_backward(grad_out, features, v, *config, True, False)[0]
+    if want_masks and u is not None:
+        result_masks = carafe_backward(grad_out, u, masks, *config, False, True)[1]
+    return result_grad_out, result_features, result_masks, None, None, None, None, None
+
+
+carafe_backward.register_autograd(_backward_grads, setup_context=_setup_backward)

@@ -24,22 +24,41 @@ from torch import Tensor
 CHUNK_ELEMENTS = 1 << 21
 
 
+def _promoted(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Both inputs in the wider of their dtypes (the PyTorch path's rule for mixed dtypes)."""
+    compute = torch.promote_types(features.dtype, masks.dtype)
+    return features.to(compute), masks.to(compute)
+
+
 def carafe_torch(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
     """CARAFE with standard ops and a hand-written backward pass. Inputs are checked by the caller."""
-    compute = torch.promote_types(features.dtype, masks.dtype)
-    out = _CarafeFunction.apply(features.to(compute), masks.to(compute), kernel_size, group_size, scale_factor)
+    out = _CarafeFunction.apply(*_promoted(features, masks), kernel_size, group_size, scale_factor)
     return out.to(features.dtype)
 
 
 def carafe_traceable(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
     """CARAFE for tracers and exporters: the same ops, recorded one chunk per group and concatenated (a compact
     graph matters more there than cache reuse); autograd, if any, runs through the ops."""
-    compute = torch.promote_types(features.dtype, masks.dtype)
-    chunks = _reassembled_chunks(features.to(compute), masks.to(compute), kernel_size, group_size, scale_factor,
-                                 whole_groups=True)
+    chunks = _reassembled_chunks(*_promoted(features, masks), kernel_size, group_size, scale_factor, whole_groups=True)
     n, _, height, width = features.shape
     pieces = [blocks.reshape(n, end - start, height * scale_factor, width * scale_factor) for start, end, blocks in chunks]
     return torch.cat(pieces, dim=1).to(features.dtype)
+
+
+def reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """The forward values of :func:`carafe_torch`, without autograd (the CUDA path falls back to it)."""
+    return _reassemble(*_promoted(features, masks), kernel_size, group_size, scale_factor).to(features.dtype)
+
+
+def reassemble_backward(
+    grad_out: Tensor, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int,
+    want_features: bool, want_masks: bool,
+) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients :func:`carafe_torch` computes, each in its input's dtype (None where not wanted)."""
+    wide_features, wide_masks = _promoted(features, masks)
+    grads = _reassemble_backward(grad_out.to(wide_features.dtype), wide_features, wide_masks, kernel_size,
+                                 group_size, scale_factor, want_features, want_masks)
+    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (features, masks)))
 
 
 class _CarafeFunction(torch.autograd.Function):

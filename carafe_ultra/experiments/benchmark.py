@@ -15,13 +15,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..backends.cuda_backend import KERNEL_SOURCE, carafe_backward, carafe_forward
+from ..backends.cuda_backend import carafe_backward, carafe_forward, first_use_check
+from ..backends.cupy_launcher import KERNEL_SOURCE
+from ..backends.kernel_types import Specialisation
 from ..backends.torch_backend import carafe_torch
 from ..dysample import DySample
 from ..functional import carafe
@@ -40,14 +42,15 @@ class Case:
     kernel: int = 5
     scale: int = 2
     dtype: str = "float32"
+    mask_dtype: str | None = None  # None: the features' dtype; float32 with float16 features is what AMP hands over
 
     def inputs(self, device: str = "cpu", requires_grad: bool = False) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(0)
-        dtype = getattr(torch, self.dtype)
         features = torch.randn(self.n, self.channels, self.height, self.width, generator=generator)
         logits = torch.randn(self.n, self.kernel**2, self.height * self.scale, self.width * self.scale, generator=generator)
         masks = logits.softmax(dim=1)
-        return tuple(t.to(device, dtype).requires_grad_(requires_grad) for t in (features, masks))
+        dtypes = (getattr(torch, self.dtype), getattr(torch, self.mask_dtype or self.dtype))
+        return tuple(t.to(device, d).requires_grad_(requires_grad) for t, d in zip((features, masks), dtypes))
 
 
 class PeakMemory:
@@ -212,25 +215,40 @@ def copy_bandwidth_gbs(mib: int = 1024) -> float:
     return 2 * source.numel() / (ms * 1e-3) / 1e9
 
 
-def _kernel_case(case: Case, dtype: str, rotate: int = 3) -> dict:
-    sets = [Case(**{**asdict(case), "dtype": dtype}).inputs("cuda") for _ in range(rotate)]
+def _kernel_case(case: Case, rotate: int = 3) -> dict:
+    sets = [case.inputs("cuda") for _ in range(rotate)]
     for i, (features, masks) in enumerate(sets):  # distinct data per set
         features.add_(i)
-    grads = [torch.randn(case.n, case.channels, case.height * case.scale, case.width * case.scale,
-                         device="cuda", dtype=getattr(torch, dtype)) for _ in range(rotate)]
-    forward_ms = cuda_median_ms(lambda i: carafe_forward(*sets[i], case.kernel, 1, case.scale), rotate=rotate)
-    backward_ms = cuda_median_ms(lambda i: carafe_backward(grads[i], *sets[i], case.kernel, 1, case.scale), rotate=rotate)
     features, masks = sets[0]
-    size = features.element_size()
-    forward_bytes = (features.numel() + masks.numel() + grads[0].numel()) * size
-    backward_bytes = (grads[0].numel() + 2 * features.numel() + 2 * masks.numel()) * size
+    grads = [torch.randn(case.n, case.channels, case.height * case.scale, case.width * case.scale,
+                         device="cuda", dtype=features.dtype) for _ in range(rotate)]
+    forward_ms = cuda_median_ms(lambda i: carafe_forward(*sets[i], case.kernel, 1, case.scale), rotate=rotate)
+    backward_ms = cuda_median_ms(lambda i: carafe_backward(grads[i], *sets[i], case.kernel, 1, case.scale, True, True),
+                                 rotate=rotate)
+    feature_bytes, mask_bytes = features.numel() * features.element_size(), masks.numel() * masks.element_size()
+    out_bytes = grads[0].numel() * features.element_size()
+    forward_bytes = feature_bytes + mask_bytes + out_bytes  # read features and masks, write the output
+    backward_bytes = out_bytes + 2 * feature_bytes + 2 * mask_bytes  # read grad_out, f, m; write both gradients
     # Sanity: the kernels agree with the PyTorch path on this very case.
     error = (carafe(features, masks, case.kernel, 1, case.scale).float()
              - carafe_torch(features.float(), masks.float(), case.kernel, 1, case.scale)).abs().max().item()
-    return {"case": {**asdict(case), "dtype": dtype}, "forward_ms": forward_ms, "backward_ms": backward_ms,
+    return {"case": asdict(case), "forward_ms": forward_ms, "backward_ms": backward_ms,
             "forward_bytes": forward_bytes, "backward_bytes": backward_bytes,
             "forward_gbs": forward_bytes / (forward_ms * 1e-3) / 1e9,
             "backward_gbs": backward_bytes / (backward_ms * 1e-3) / 1e9, "max_abs_error_vs_torch_path": error}
+
+
+def first_use_check_ms(spec: Specialisation, repeats: int = 5) -> float:
+    """Median time of the CUDA path's first-use check of ``spec`` once its kernels are compiled and cached."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    first_use_check(device, spec)  # compiles (or loads from CuPy's disk cache) and loads the kernels
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        first_use_check(device, spec)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
 
 
 def _module_case(name: str, module: nn.Module, case: Case, dtype: torch.dtype, rotate: int = 3) -> dict:
@@ -254,11 +272,12 @@ def gpu_report() -> dict:
     torch.manual_seed(0)
     files = kernel_files()
     bandwidth = copy_bandwidth_gbs()
-    cases = [_kernel_case(GPU_REFERENCE, dtype) for dtype in ("float16", "float32", "bfloat16")]
+    cases = [_kernel_case(replace(GPU_REFERENCE, dtype=dtype)) for dtype in ("float16", "float32", "bfloat16")]
+    cases.append(_kernel_case(replace(GPU_REFERENCE, dtype="float16", mask_dtype="float32")))  # what AMP hands over
     for extra in (Case(n=16, channels=256, height=80, width=80, kernel=5, scale=2),
                   Case(n=16, channels=256, height=20, width=20, kernel=3, scale=2),
                   Case(n=8, channels=128, height=40, width=40, kernel=7, scale=4)):
-        cases.append(_kernel_case(extra, "float16"))
+        cases.append(_kernel_case(replace(extra, dtype="float16")))
     modules = {}
     for dtype in (torch.float32, torch.float16):
         ours = CARAFE(256, kernel_size=5, compressed_channels=64)
@@ -285,16 +304,19 @@ def gpu_report() -> dict:
         "kernel_files": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in files],
         "kernel_sha256": kernel_sha256(files),
         "copy_bandwidth_gbs": bandwidth,
+        "first_use_check_ms": first_use_check_ms(Specialisation(torch.float16, torch.float32, 5, 2)),
         "cases": cases,
         "goals": goals,
     }
 
 
 def format_gpu_report(report: dict) -> str:
-    lines = [f"{report['device']}: copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s"]
+    lines = [f"{report['device']}: copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s, "
+             f"first-use check {report['first_use_check_ms']:.1f} ms per specialisation"]
     for case in report["cases"]:
         c = case["case"]
-        label = f"N={c['n']} C={c['channels']} {c['height']}x{c['width']} k={c['kernel']} s={c['scale']} {c['dtype']}"
+        masks = f" (masks {c['mask_dtype']})" if c.get("mask_dtype") else ""
+        label = f"N={c['n']} C={c['channels']} {c['height']}x{c['width']} k={c['kernel']} s={c['scale']} {c['dtype']}{masks}"
         if "module" in case:
             lines.append(f"  module {case['module']:<14} {label}: fwd+bwd {case['forward_backward_ms']:.3f} ms")
         else:

@@ -1,19 +1,24 @@
 // CARAFE forward and backward kernels (mmcv semantics; see carafe_ultra/functional.py).
 //
-// One source, two compilers: NVRTC builds it for GPUs (carafe_ultra/backends/cupy_backend.py), and
+// One source, two compilers: NVRTC builds it for GPUs (carafe_ultra/backends/cupy_launcher.py), and
 // host_shim.cpp builds the very same text with g++ so CI can run every kernel on a CPU. That is why the
 // kernels use no shared memory, no barriers and no atomics (which also makes them deterministic), and reach
 // CUDA only through the few names the shim provides: blockIdx, blockDim, threadIdx and __global__.
 //
-// Compile-time constants (-D): CARAFE_K (odd kernel size), CARAFE_S (scale factor).
-// Layout: contiguous NCHW features (N, C, H, W), masks (N, G*K*K, H*S, W*S), output (N, C, H*S, W*S).
-// All indexing is 64-bit. Accumulation is in float32 for every storage type.
+// Compile-time constants (-D): CARAFE_K (odd kernel size), CARAFE_S (scale factor), and the storage types
+// CARAFE_FEATURES (of features, output and their gradients) and CARAFE_MASKS (of masks and their gradient),
+// each one of float, half_bits, bf16_bits: under autocast float16 features meet float32 masks, and neither is
+// converted. Layout: contiguous NCHW features (N, C, H, W), masks (N, G*K*K, H*S, W*S), output
+// (N, C, H*S, W*S). All indexing is 64-bit. Accumulation is in float32 for every storage type.
 
 #ifndef CARAFE_K
 #error "define CARAFE_K"
 #endif
 #ifndef CARAFE_S
 #error "define CARAFE_S"
+#endif
+#if !defined(CARAFE_FEATURES) || !defined(CARAFE_MASKS)
+#error "define CARAFE_FEATURES and CARAFE_MASKS (float, half_bits or bf16_bits)"
 #endif
 
 #define CARAFE_R ((CARAFE_K - 1) / 2)
@@ -106,22 +111,22 @@ CARAFE_DEVICE void for_each_inside_tap(index_t ph, index_t pw, index_t height, i
 // One thread per (batch, group, output row, output column), over a chunk of the group's channels
 // (blockIdx.y picks the chunk): the K*K mask values are read once into registers and reused by every
 // channel; adjacent threads write adjacent output columns.
-template <typename T>
-CARAFE_DEVICE void forward(const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
+template <typename F, typename M>
+CARAFE_DEVICE void forward(const F* __restrict__ features, const M* __restrict__ masks, F* __restrict__ out,
                            index_t batch, index_t channels, index_t height, index_t width, index_t groups,
                            index_t channel_chunk) {
     OutputPixel p;
     if (!claim_output_pixel(batch, groups, height, width, p)) return;
 
     float weight[CARAFE_TAPS];
-    const T* mask = masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + p.at;
+    const M* mask = masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + p.at;
     for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * p.plane);
 
     const index_t per_group = channels / groups;
     const index_t first = p.g * per_group + (index_t)blockIdx.y * channel_chunk;
     const index_t end = first + channel_chunk < (p.g + 1) * per_group ? first + channel_chunk : (p.g + 1) * per_group;
     for (index_t c = first; c < end; ++c) {
-        const T* source = features + (p.n * channels + c) * height * width;
+        const F* source = features + (p.n * channels + c) * height * width;
         float acc = 0.f;
         for_each_inside_tap(p.ph, p.pw, height, width, [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
         store(out + (p.n * channels + c) * p.plane + p.at, acc);
@@ -130,9 +135,9 @@ CARAFE_DEVICE void forward(const T* __restrict__ features, const T* __restrict__
 
 // grad_masks[n, g*K*K + tap, oh, ow] = sum over the group's channels of grad_out * the tap's source pixel.
 // Same mapping as forward, all channels of the group per thread: a plain sum, no atomics.
-template <typename T>
-CARAFE_DEVICE void backward_masks(const T* __restrict__ grad_out, const T* __restrict__ features,
-                                  T* __restrict__ grad_masks, index_t batch, index_t channels, index_t height,
+template <typename F, typename M>
+CARAFE_DEVICE void backward_masks(const F* __restrict__ grad_out, const F* __restrict__ features,
+                                  M* __restrict__ grad_masks, index_t batch, index_t channels, index_t height,
                                   index_t width, index_t groups) {
     OutputPixel p;
     if (!claim_output_pixel(batch, groups, height, width, p)) return;
@@ -142,18 +147,18 @@ CARAFE_DEVICE void backward_masks(const T* __restrict__ grad_out, const T* __res
     const index_t per_group = channels / groups;
     for (index_t c = p.g * per_group; c < (p.g + 1) * per_group; ++c) {
         const float go = load(grad_out + (p.n * channels + c) * p.plane + p.at);
-        const T* source = features + (p.n * channels + c) * height * width;
+        const F* source = features + (p.n * channels + c) * height * width;
         for_each_inside_tap(p.ph, p.pw, height, width, [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
     }
-    T* grad = grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + p.at;
+    M* grad = grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + p.at;
     for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * p.plane, acc[tap]);  // 0 for taps outside
 }
 
 // grad_features[n, c, h, w]: gathered from every output pixel whose window reads (h, w). Output pixels
 // (oh, ow) with source (ph, pw) = (h - i + R, w - j + R) read it through tap (i, j), for all S*S of them.
-template <typename T>
-CARAFE_DEVICE void backward_features(const T* __restrict__ grad_out, const T* __restrict__ masks,
-                                     T* __restrict__ grad_features, index_t batch, index_t channels,
+template <typename F, typename M>
+CARAFE_DEVICE void backward_features(const F* __restrict__ grad_out, const M* __restrict__ masks,
+                                     F* __restrict__ grad_features, index_t batch, index_t channels,
                                      index_t height, index_t width, index_t groups) {
     const index_t out_h = height * CARAFE_S, out_w = width * CARAFE_S, plane = out_h * out_w;
     const index_t index = global_thread();
@@ -162,8 +167,8 @@ CARAFE_DEVICE void backward_features(const T* __restrict__ grad_out, const T* __
     const index_t c = (index / (height * width)) % channels, n = index / (height * width * channels);
     const index_t g = c / (channels / groups);
 
-    const T* grad = grad_out + (n * channels + c) * plane;
-    const T* mask = masks + (n * groups + g) * CARAFE_TAPS * plane;
+    const F* grad = grad_out + (n * channels + c) * plane;
+    const M* mask = masks + (n * groups + g) * CARAFE_TAPS * plane;
     float acc = 0.f;
     for (int i = 0; i < CARAFE_K; ++i) {
         const index_t ph = h - i + CARAFE_R;
@@ -171,7 +176,7 @@ CARAFE_DEVICE void backward_features(const T* __restrict__ grad_out, const T* __
         for (int j = 0; j < CARAFE_K; ++j) {
             const index_t pw = w - j + CARAFE_R;
             if (pw < 0 || pw >= width) continue;
-            const T* tap_mask = mask + (i * CARAFE_K + j) * plane;
+            const M* tap_mask = mask + (i * CARAFE_K + j) * plane;
             for (int dy = 0; dy < CARAFE_S; ++dy) {
                 const index_t row = (ph * CARAFE_S + dy) * out_w + pw * CARAFE_S;
                 for (int dx = 0; dx < CARAFE_S; ++dx) acc += load(grad + row + dx) * load(tap_mask + row + dx);
@@ -181,25 +186,24 @@ CARAFE_DEVICE void backward_features(const T* __restrict__ grad_out, const T* __
     store(grad_features + index, acc);
 }
 
-// C entry points, one set per storage type: carafe_{forward,backward_masks,backward_features}_{f32,f16,bf16}.
-#define CARAFE_ENTRY_POINTS(SUFFIX, T)                                                                        \
-    extern "C" __global__ void carafe_forward_##SUFFIX(const T* features, const T* masks, T* out, index_t batch, \
-                                                       index_t channels, index_t height, index_t width,        \
-                                                       index_t groups, index_t channel_chunk) {                \
-        forward<T>(features, masks, out, batch, channels, height, width, groups, channel_chunk);             \
-    }                                                                                                         \
-    extern "C" __global__ void carafe_backward_masks_##SUFFIX(const T* grad_out, const T* features,            \
-                                                              T* grad_masks, index_t batch, index_t channels,  \
-                                                              index_t height, index_t width, index_t groups) { \
-        backward_masks<T>(grad_out, features, grad_masks, batch, channels, height, width, groups);           \
-    }                                                                                                         \
-    extern "C" __global__ void carafe_backward_features_##SUFFIX(const T* grad_out, const T* masks,           \
-                                                                 T* grad_features, index_t batch,             \
-                                                                 index_t channels, index_t height,            \
-                                                                 index_t width, index_t groups) {             \
-        backward_features<T>(grad_out, masks, grad_features, batch, channels, height, width, groups);        \
-    }
+// The C entry points of this specialisation.
+typedef CARAFE_FEATURES feature_t;
+typedef CARAFE_MASKS mask_t;
 
-CARAFE_ENTRY_POINTS(f32, float)
-CARAFE_ENTRY_POINTS(f16, half_bits)
-CARAFE_ENTRY_POINTS(bf16, bf16_bits)
+extern "C" __global__ void carafe_forward(const feature_t* features, const mask_t* masks, feature_t* out,
+                                          index_t batch, index_t channels, index_t height, index_t width,
+                                          index_t groups, index_t channel_chunk) {
+    forward(features, masks, out, batch, channels, height, width, groups, channel_chunk);
+}
+
+extern "C" __global__ void carafe_backward_masks(const feature_t* grad_out, const feature_t* features,
+                                                 mask_t* grad_masks, index_t batch, index_t channels,
+                                                 index_t height, index_t width, index_t groups) {
+    backward_masks(grad_out, features, grad_masks, batch, channels, height, width, groups);
+}
+
+extern "C" __global__ void carafe_backward_features(const feature_t* grad_out, const mask_t* masks,
+                                                    feature_t* grad_features, index_t batch, index_t channels,
+                                                    index_t height, index_t width, index_t groups) {
+    backward_features(grad_out, masks, grad_features, batch, channels, height, width, groups);
+}
