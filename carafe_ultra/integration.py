@@ -21,6 +21,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .module import CARAFE
@@ -69,6 +70,9 @@ def register() -> None:
     parse_model = _with_row_checks(_parse_model_with_ours(tasks, version))
     tasks.parse_model = parse_model
     sys.modules["ultralytics.nn"].parse_model = parse_model  # the package re-exports it
+    # ULTRALYTICS_SAFE_LOAD=1 loads checkpoints weights-only, allowing torch's and Ultralytics' classes; ours join
+    # that allow-list (process-wide, as Ultralytics' own entries are).
+    torch.serialization.add_safe_globals(list(OUR_MODULES.values()))
     _register_flops_rule()
 
 

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tests.helpers import random_inputs
 from tests.reference import carafe_reference
@@ -73,3 +74,18 @@ def test_gpu_report_helpers_without_a_gpu():
     text = format_gpu_report(report)
     assert "copy bandwidth 3000 GB/s, first-use check 12.5 ms" in text and "fwd_bw_fraction_fp16=0.800" in text
     assert "dysample" in text
+
+
+def test_export_cost_counts_nodes_and_times_both_runtimes():
+    pytest.importorskip("openvino")
+    from carafe_ultra.experiments.export_cost import export_cost, format_export_cost
+
+    result = export_cost("yolov8n.yaml", imgsz=64, repeats=2)
+    nodes = result["onnx_nodes"]
+    assert result["carafe_layers"] == 2 and nodes["nearest"]["by_op"]["Resize"] == 2
+    assert "Resize" not in nodes["carafe"]["by_op"] or nodes["carafe"]["by_op"]["Resize"] == 0
+    assert result["nodes_added"] == nodes["carafe"]["total"] - nodes["nearest"]["total"] > 0
+    assert set(result["latency_ms"]) == {"onnxruntime", "openvino"}
+    for ms in result["latency_ms"].values():
+        assert ms["nearest"] > 0 and ms["carafe"] > 0 and ms["ratio"] == ms["carafe"] / ms["nearest"]
+    assert "ONNX nodes:" in format_export_cost(result)

@@ -15,9 +15,48 @@ from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.torch_utils import get_flops
 
 import carafe_ultra
-from carafe_ultra import CARAFE, DySample, model_yaml
+from carafe_ultra import CARAFE, DySample, carafe_yaml, model_yaml
 from carafe_ultra.integration import UnsupportedUltralyticsError, _parse_model_with_ours, ultralytics_model
 from tests.helpers import SHIPPED_FROM as SHIPPED
+from tests.helpers import STOCK_MODELS
+
+
+def upsample_rows(path):
+    cfg = yaml.safe_load(Path(path).read_text())
+    return sum(row[2] == "nn.Upsample" for row in cfg.get("backbone", []) + cfg.get("head", []))
+
+
+# Every model YAML the installed Ultralytics ships that upsamples with nn.Upsample (about 58 in 8.4).
+STOCK_WITH_UPSAMPLING = sorted(p for p in STOCK_MODELS.rglob("*.yaml") if upsample_rows(p))
+
+
+def test_the_stock_models_cover_every_task():
+    tasks = {ultralytics_model(p).task for p in STOCK_WITH_UPSAMPLING if p.stem.startswith("yolo26")}
+    assert len(STOCK_WITH_UPSAMPLING) >= 50 and tasks == {"detect", "segment", "pose", "obb", "semantic", "depth"}
+
+
+def output_shapes(output):
+    """The shapes of every tensor in a (nested) model output, in order."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if output is None:
+        return []
+    items = output.values() if isinstance(output, dict) else output
+    return [shape for item in items for shape in output_shapes(item)]
+
+
+@pytest.mark.parametrize("stock", STOCK_WITH_UPSAMPLING, ids=lambda p: str(p.relative_to(STOCK_MODELS)))
+def test_every_stock_model_with_upsampling_converts_builds_and_runs(stock, tmp_path):
+    converted, original = ultralytics_model(carafe_yaml(stock, tmp_path)), ultralytics_model(stock)
+    assert converted.task == original.task
+    network, stock_network = converted.model.eval(), original.model.eval()
+    count = lambda model, kind: sum(isinstance(m, kind) for m in model.modules())  # noqa: E731
+    assert count(network, CARAFE) == upsample_rows(stock)
+    # Heads may upsample inside their own modules (YOLOE's proto); only the YAML's rows change.
+    assert count(network, torch.nn.Upsample) == count(stock_network, torch.nn.Upsample) - upsample_rows(stock)
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        assert output_shapes(network(x)) == output_shapes(stock_network(x))
 
 
 def build(name):
@@ -44,7 +83,8 @@ def test_shipped_yaml_is_stock_except_upsample_rows(name):
 
 @pytest.mark.parametrize("ours,stock", [("yolov8n-carafe.yaml", "yolov8n.yaml"), ("yolov8x-carafe.yaml", "yolov8x.yaml"),
                                         ("yolo11s-carafe.yaml", "yolo11s.yaml"), ("yolo11l-carafe.yaml", "yolo11l.yaml"),
-                                        ("rtdetr-l-carafe.yaml", "rtdetr-l.yaml"),
+                                        ("yolo12n-carafe.yaml", "yolo12n.yaml"), ("yolo26s-carafe.yaml", "yolo26s.yaml"),
+                                        ("yolo26l-carafe.yaml", "yolo26l.yaml"), ("rtdetr-l-carafe.yaml", "rtdetr-l.yaml"),
                                         ("rtdetr-resnet50-carafe.yaml", "rtdetr-resnet50.yaml")])
 def test_channels_match_stock_model_at_every_scale(ours, stock):
     ours = build(model_yaml(ours))
@@ -94,8 +134,9 @@ def _yaml_with_row(tmp_path, row, name="yolov8n-bad.yaml"):
         ([[-1, 6], 1, "CARAFE", [1024]], r"model YAML layer 10 .*single layer index \(CARAFE takes one input\)"),
         ([-1, 1, "CARAFE", []], r"model YAML layer 10 .*output channels"),
         ([-1, 1, "CARAFE", ["a"]], r"model YAML layer 10 .*args\[0\] must be the output channels"),
-        ([-1, 1, "CARAFE", [1024, 5, 2, 3, 64, 1, 9]],
-         r"at most 6 args: \[c2, kernel_size, up_factor, encoder_kernel, compressed_channels, groups\], got 7"),
+        ([-1, 1, "CARAFE", [1024, 5, 2, 3, 64, 1, 0.8, 9]],
+         r"at most 7 args: \[c2, kernel_size, up_factor, encoder_kernel, compressed_channels, groups, "
+         r"centre_weight\], got 8"),
         ([-1, 1, "DySample", [1024, 2, 3]], r"model YAML layer 10 .*-> DySample\(256, 256, 2, 3\): channels \(c1\) "
                                             r"\(256\) must be divisible by groups \(3\)"),
         ([-1, 1, "DySample", [512, 2]], r"model YAML layer 10 .*DySample keeps the channels: c2 must equal c1 \(256\)"),

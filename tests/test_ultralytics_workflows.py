@@ -2,7 +2,6 @@
 generated detection set: train, val, predict, fine-tune, resume, ONNX/TorchScript export, fresh-process loading."""
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,22 +12,7 @@ import torch
 from ultralytics import RTDETR, YOLO
 
 from carafe_ultra import CARAFE, model_yaml
-from tests.helpers import tiny_dataset
-
-YOLO_CLI = str(Path(sys.executable).with_name("yolo"))
-ENV = {**os.environ, "YOLO_OFFLINE": "1"}
-COMMON = dict(imgsz=64, batch=4, device="cpu", workers=0, plots=False, exist_ok=True, seed=0)
-
-
-def cli_args(**kwargs):
-    return [f"{k}={v}" for k, v in {**COMMON, **kwargs}.items()]
-
-
-def yolo(mode, cwd, **kwargs):
-    run = subprocess.run([YOLO_CLI, mode, *cli_args(**kwargs)], cwd=cwd, env=ENV, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout + run.stderr
+from tests.helpers import COMMON, ENV, YOLO_CLI, tiny_dataset, yolo
 
 
 def carafe_count(model):

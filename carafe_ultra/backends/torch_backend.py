@@ -37,12 +37,34 @@ def carafe_torch(features: Tensor, masks: Tensor, kernel_size: int, group_size: 
 
 
 def carafe_traceable(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE for tracers and exporters: the same ops, recorded one chunk per group and concatenated (a compact
-    graph matters more there than cache reuse); autograd, if any, runs through the ops."""
-    chunks = _reassembled_chunks(*_promoted(features, masks), kernel_size, group_size, scale_factor, whole_groups=True)
-    n, _, height, width = features.shape
-    pieces = [blocks.reshape(n, end - start, height * scale_factor, width * scale_factor) for start, end, blocks in chunks]
-    return torch.cat(pieces, dim=1).to(features.dtype)
+    """CARAFE for tracers and exporters, in the plainest ops converters know (pad, reshape, expand, slice, mul,
+    add) and tensors of rank <= 5 (Core ML's limit): the zero-padded input is upsampled by repetition once, and
+    each of the k² taps is one shifted window of it times that tap's masks. It holds output-sized tensors, never
+    the k²-times-larger unfolded input; autograd, if any, runs through the ops."""
+    wide_features, wide_masks = _promoted(features, masks)
+    n, channels, height, width = features.shape
+    k, s, g = kernel_size, scale_factor, group_size
+    r = (k - 1) // 2
+    out_h, out_w = height * s, width * s
+    source = _repeated(F.pad(wide_features, (r, r, r, r)), s)  # pixel (y, x) of the padded input at (y·s.., x·s..)
+    source = source.reshape(n, g, channels // g, (height + 2 * r) * s, (width + 2 * r) * s)
+    taps = wide_masks.reshape(n, g, k * k, out_h, out_w).split(1, dim=2)  # one node for all k² taps
+    out = None
+    for tap, weight in enumerate(taps):
+        i, j = divmod(tap, k)
+        term = source[..., i * s : i * s + out_h, j * s : j * s + out_w] * weight
+        out = term if out is None else out + term
+    return out.reshape(n, channels, out_h, out_w).to(features.dtype)
+
+
+def _repeated(x: Tensor, scale: int) -> Tensor:
+    """(N, C, H, W) -> (N, C, H·s, W·s), every pixel repeated s×s times: nearest upsampling that is exact for any
+    integer s, in rank-4 reshapes and expands."""
+    n, channels, height, width = x.shape
+    planes = n * channels
+    rows = x.reshape(planes, height, 1, width).expand(planes, height, scale, width).reshape(planes, height * scale, width)
+    return rows.reshape(planes, height * scale, width, 1).expand(planes, height * scale, width, scale).reshape(
+        n, channels, height * scale, width * scale)
 
 
 def reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
@@ -80,12 +102,10 @@ def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _channel_chunks(
-    channels: int, groups: int, elements_per_channel: int, whole_groups: bool
-) -> Iterator[tuple[int, int, int]]:
+def _channel_chunks(channels: int, groups: int, elements_per_channel: int) -> Iterator[tuple[int, int, int]]:
     """Yield (group, first channel, end channel): balanced chunks that never straddle a group."""
     per_group = channels // groups
-    limit = per_group if whole_groups else max(1, CHUNK_ELEMENTS // max(1, elements_per_channel))
+    limit = max(1, CHUNK_ELEMENTS // max(1, elements_per_channel))
     n_chunks = -(-per_group // limit)
     size = -(-per_group // n_chunks)
     for group in range(groups):
@@ -113,11 +133,7 @@ def _masks_by_tap(masks: Tensor, kernel_size: int, group_size: int, scale_factor
     return F.pad(grid, (0, 2 * r)).contiguous().flatten(-2).to(dtype)
 
 
-def _reassembled_chunks(
-    features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int, whole_groups: bool
-) -> Iterator[tuple[int, int, Tensor]]:
-    """Yield (first channel, end channel, blocks): the output of those channels as an (N, c, H, s, W, s) view, in
-    the accumulator dtype."""
+def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
     n, channels, height, width = features.shape
     k, s = kernel_size, scale_factor
     r = (k - 1) // 2
@@ -125,21 +141,15 @@ def _reassembled_chunks(
     acc_dtype = _accumulator_dtype(features.dtype)
     padded = _flat_padded(features, r)
     taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
-    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span, whole_groups):
+    out = features.new_empty(n, channels, height * s, width * s)
+    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span):
         window = padded[:, start:end, None, None].to(acc_dtype)  # (N, c, 1, 1, (H+2r+1)·Wp)
         acc = window.new_zeros(n, end - start, s, s, span)
         for tap in range(k * k):
             offset = _tap_offset(tap, k, padded_width)
             acc.addcmul_(window[..., offset : offset + span], taps[:, group, tap, None])
         # Drop the extra columns; (N, c, H, s, W, s) is the output's memory order.
-        yield start, end, acc.view(n, end - start, s, s, height, padded_width)[..., :width].permute(0, 1, 4, 2, 5, 3)
-
-
-def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    n, channels, height, width = features.shape
-    s = scale_factor
-    out = features.new_empty(n, channels, height * s, width * s)
-    for start, end, blocks in _reassembled_chunks(features, masks, kernel_size, group_size, s, whole_groups=False):
+        blocks = acc.view(n, end - start, s, s, height, padded_width)[..., :width].permute(0, 1, 4, 2, 5, 3)
         out[:, start:end].view(n, end - start, height, s, width, s).copy_(blocks)
     return out
 
@@ -169,7 +179,7 @@ def _reassemble_backward(
     grad_padded = torch.zeros_like(padded, dtype=acc_dtype) if want_features else None
     grad_taps = torch.zeros_like(taps) if want_masks else None
 
-    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span, whole_groups=False):
+    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span):
         blocks = grad_out[:, start:end].reshape(n, end - start, height, s, width, s).permute(0, 1, 3, 5, 2, 4)
         # Zero in the extra columns, so they add nothing to grad_features.
         blocks = F.pad(blocks, (0, 2 * r)).contiguous().flatten(-2).to(acc_dtype)  # (N, c, s, s, H·Wp)

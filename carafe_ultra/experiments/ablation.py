@@ -135,7 +135,8 @@ def pretrained_base(settings: Settings, log: Callable[[str], None] = print) -> s
     (seed 1). Trained once and cached (``CARAFE_ULTRA_CACHE``); returns the path of its best.pt."""
     base = Settings(**{**asdict(settings), "pretrain_epochs": 0, "weights": None, "mask_lr_scale": 1.0,
                        "epochs": settings.pretrain_epochs, "arms": ["nearest"], "seeds": [0]})
-    key = {k: v for k, v in asdict(base).items() if k not in ("out", "data", "device", "workers", "arms", "seeds")}
+    where_not_what = ("out", "data", "device", "workers", "jobs", "arms", "seeds")  # how it runs, not what it learns
+    key = {k: v for k, v in asdict(base).items() if k not in where_not_what}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     folder = default_cache_dir() / "bases" / f"{Path(settings.model).stem}-{digest}"
     best = folder / "weights" / "best.pt"

@@ -29,6 +29,7 @@ from ..dysample import DySample
 from ..functional import carafe
 from ..module import CARAFE
 from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
+from .export_cost import export_cost, format_export_cost
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,12 @@ def format_gpu_report(report: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's command-line options (``python -m carafe_ultra benchmark``, ``scripts/benchmark.py``)."""
     parser.add_argument("--gpu", action="store_true", help="benchmark the CUDA path (needs a GPU and CuPy)")
-    parser.add_argument("--repeats", type=int, default=7, help="CPU: timed runs per implementation (median reported)")
+    parser.add_argument("--export", action="store_true",
+                        help="the cost of CARAFE in an exported model: ONNX nodes, ONNX Runtime and OpenVINO latency")
+    parser.add_argument("--model", default="yolov8n.yaml", help="--export: the model family (default yolov8n.yaml)")
+    parser.add_argument("--imgsz", type=int, default=640, help="--export: image size (default 640)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed runs per implementation, median reported (default: 7 CPU, 30 --export)")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to this JSON file")
     parser.add_argument("--small", action="store_true", help="CPU: a tiny case, to check the script itself quickly")
 
@@ -339,9 +345,12 @@ def main(args: argparse.Namespace) -> None:
     if args.gpu:
         result = gpu_report()
         print(format_gpu_report(result))
+    elif args.export:
+        result = export_cost(args.model, args.imgsz, repeats=args.repeats or 30)
+        print(format_export_cost(result))
     else:
         case = Case(n=1, channels=32, height=16, width=16) if args.small else Case()
-        result = cpu_reassembly_comparison(case, repeats=args.repeats)
+        result = cpu_reassembly_comparison(case, repeats=args.repeats or 7)
         print(format_cpu_comparison(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,176 @@
+"""Exports that users deploy to, through the real `yolo export`: ONNX, OpenVINO and NCNN run here and must predict
+what the PyTorch model predicts; CoreML must convert (running it needs macOS). And checkpoints load with
+ULTRALYTICS_SAFE_LOAD=1.
+
+Predictions are compared on models whose class-0 logits are raised by 8 everywhere, so every location detects class
+0 with a score near 1 and far from any threshold: two runtimes then differ only where their numbers do, never by
+a detection crossing the threshold. Boxes must agree within BOX_TOLERANCE pixels (on 64 px images) and scores
+within SCORE_TOLERANCE. OpenVINO runs in bfloat16 on CPUs that support it, the loosest of the three; the
+tolerances cover it.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ultralytics.nn.autobackend import AutoBackend
+
+from carafe_ultra import convert_yaml, model_yaml
+from carafe_ultra.integration import ultralytics_model
+from tests.helpers import tiny_dataset, yolo
+
+BOX_TOLERANCE = 0.5  # pixels
+SCORE_TOLERANCE = 0.01
+CPU = torch.device("cpu")
+
+
+def needs(package):
+    return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"needs {package} (the export extra)")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("data"))
+
+
+def val_images(data):
+    return sorted((Path(data).parent / "images" / "val").glob("*.png"))
+
+
+def confident(model: torch.nn.Module) -> torch.nn.Module:
+    """Raise the class-0 logit of every prediction branch by 8 (YOLO: the last conv of each class branch;
+    RT-DETR: the decoder's score heads)."""
+    head = model.model[-1]
+    if hasattr(head, "dec_score_head"):
+        layers = list(head.dec_score_head)
+    else:
+        layers = [branch[-1] for name in ("cv3", "one2one_cv3") for branch in getattr(head, name, [])]
+    assert layers
+    with torch.no_grad():
+        for layer in layers:
+            layer.bias[0] += 8
+    return model
+
+
+@pytest.fixture(scope="module")
+def yolo26(data, tmp_path_factory):
+    """YOLO26n-CARAFE trained, validated and exported with the yolo command; then a confident copy of it."""
+    project = tmp_path_factory.mktemp("yolo26")
+    yolo("train", project, model=model_yaml("yolo26n-carafe.yaml"), data=data, epochs=1, project=project, name="run")
+    best = project / "run" / "weights" / "best.pt"
+    assert "all" in yolo("val", project, model=best, data=data, project=project, name="val")
+    yolo("export", project, model=best, format="onnx", batch=1)
+    assert best.with_suffix(".onnx").stat().st_size > 1_000_000
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    confident(checkpoint["model"])
+    torch.save(checkpoint, project / "confident.pt")
+    return project / "confident.pt"
+
+
+@pytest.fixture(scope="module")
+def rtdetr(tmp_path_factory):
+    """An RT-DETR-l-CARAFE checkpoint (untrained, confident), saved the way Ultralytics saves models."""
+    folder = tmp_path_factory.mktemp("rtdetr")
+    model = ultralytics_model(model_yaml("rtdetr-l-carafe.yaml"))
+    confident(model.model)
+    model.save(folder / "rtdetr-l-carafe.pt")
+    return folder / "rtdetr-l-carafe.pt"
+
+
+def export(checkpoint: Path, fmt: str) -> str:
+    """``yolo export`` of a checkpoint; the exported file or folder, as Ultralytics names it."""
+    out = yolo("export", checkpoint.parent, model=checkpoint, format=fmt, batch=1)
+    suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage"}[fmt]
+    exported = checkpoint.with_name(checkpoint.stem + suffix)
+    assert exported.exists(), out[-2000:]
+    return str(exported) + ("/" if exported.is_dir() else "")
+
+
+def raw_outputs(path: str, x: torch.Tensor) -> np.ndarray:
+    """The model's raw output on ``x``, as Ultralytics' AutoBackend runs it for any format."""
+    backend = AutoBackend(path, device=CPU)
+    backend.eval()
+    with torch.no_grad():
+        out = backend(x)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    return np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out, dtype=np.float64)
+
+
+def assert_same_detections(want: np.ndarray, got: np.ndarray) -> None:
+    """Two sets of detections (x1, y1, x2, y2, score, class rows) are the same: every detection has a partner of
+    the same class with boxes within BOX_TOLERANCE and scores within SCORE_TOLERANCE, one to one."""
+    assert len(want) == len(got) > 0
+    unused = list(range(len(got)))
+    for row in want:
+        distance = [np.abs(got[j, :4] - row[:4]).max() if got[j, 5] == row[5] else np.inf for j in unused]
+        best = int(np.argmin(distance))
+        assert distance[best] <= BOX_TOLERANCE and abs(got[unused[best], 4] - row[4]) <= SCORE_TOLERANCE, (row, got)
+        unused.pop(best)
+
+
+def detections(model_path, images) -> list[np.ndarray]:
+    """Ultralytics' own predictions, per image (all detections: IoU 1 suppresses only identical boxes)."""
+    results = ultralytics_model(model_path).predict(images, imgsz=64, conf=0.5, iou=1.0, verbose=False, device="cpu")
+    return [result.boxes.data.cpu().numpy().astype(np.float64) for result in results]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=needs("openvino")),
+                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")])])
+def test_yolo26_exports_predict_what_pytorch_predicts(fmt, yolo26, data):
+    exported = export(yolo26, fmt)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    want, got = raw_outputs(str(yolo26), x), raw_outputs(exported, x)
+    assert want.shape == got.shape  # (1, 4 + classes, locations): the same order in every runtime
+    assert np.abs(got[:, :4] - want[:, :4]).max() <= BOX_TOLERANCE
+    assert np.abs(got[:, 4:] - want[:, 4:]).max() <= SCORE_TOLERANCE
+    for want_image, got_image in zip(detections(yolo26, val_images(data)), detections(exported, val_images(data)),
+                                     strict=True):
+        assert_same_detections(want_image, got_image)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=needs("openvino"))])
+def test_rtdetr_exports_predict_the_same_set_of_detections(fmt, rtdetr, data):
+    exported = export(rtdetr, fmt)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    want, got = raw_outputs(str(rtdetr), x)[0], raw_outputs(exported, x)[0]  # (queries, cx cy w h score class)
+    kept = lambda rows: rows[rows[:, 4] >= 0.5]  # noqa: E731  (the confident class-0 queries)
+    assert_same_detections(kept(want), kept(got))  # query order may differ between runtimes: compare as sets
+    for want_image, got_image in zip(detections(rtdetr, val_images(data)), detections(exported, val_images(data)),
+                                     strict=True):
+        assert_same_detections(want_image, got_image)
+
+
+@needs("coremltools")
+def test_coreml_conversion(yolo26):
+    package = Path(export(yolo26, "coreml").rstrip("/"))
+    assert (package / "Manifest.json").is_file()
+    assert sum(f.stat().st_size for f in package.rglob("*") if f.is_file()) > 1_000_000  # the weights are in it
+
+
+def test_safe_loading_validates_a_carafe_checkpoint(yolo26, data):
+    out = yolo("val", yolo26.parent, env={"ULTRALYTICS_SAFE_LOAD": "1"}, model=yolo26, data=data,
+               project=yolo26.parent, name="safe")
+    assert "all" in out and "Unsupported global" not in out
+
+
+SAFE_LOAD = ("import sys\n"
+             "from ultralytics.nn.tasks import torch_safe_load\n"
+             "checkpoint, _ = torch_safe_load(sys.argv[1], safe_only=True)\n"
+             "print(sorted({type(m).__name__ for m in checkpoint['model'].modules()} & {'CARAFE', 'DySample'}))\n")
+
+
+@pytest.mark.parametrize("upsampler,loaded", [("carafe", "['CARAFE']"), ("dysample", "['DySample']")])
+def test_safe_loading_in_a_fresh_process(upsampler, loaded, tmp_path):
+    path = tmp_path / f"{upsampler}.pt"
+    ultralytics_model(convert_yaml("yolov8n.yaml", upsampler, tmp_path)).save(path)
+    run = subprocess.run([sys.executable, "-c", SAFE_LOAD, str(path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith(loaded), run.stderr[-3000:]
+    # Without the registration (which puts our classes on the allow-list), the same load is refused.
+    unregistered = subprocess.run([sys.executable, "-c", SAFE_LOAD, str(path)], capture_output=True, text=True,
+                                  timeout=300, env={**os.environ, "CARAFE_ULTRA_AUTOREGISTER": "0"})
+    assert unregistered.returncode != 0 and "outside the supported Ultralytics checkpoint format" in unregistered.stderr
