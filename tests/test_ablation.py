@@ -161,7 +161,7 @@ def test_pretrained_base_is_trained_once_and_cached(tmp_path, data, monkeypatch)
     assert any("base model: training yolov8n.yaml (nearest) for 1 epochs" in m for m in messages)
     (base,) = (tmp_path / "cache" / "bases").glob("yolov8n-*/weights/best.pt")
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["settings"]["weights"] == str(base)
+    assert summary["settings"]["weights"] == str(base) and summary["settings"]["pretrain_epochs"] == 1
     assert all(a["weights_taken"][0] > 300 for a in summary["arms"])
     messages.clear()
     assert pretrained_base(settings, messages.append) == str(base) and messages == [f"base model: reusing {base}"]

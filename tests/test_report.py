@@ -49,7 +49,7 @@ def test_summary_files(tmp_path):
     results = [run("nearest", 0, 0.50, 0.30), run("carafe", 0, 0.55, 0.33), run("dysample", 0, 0.52, 0.29),
                run("nearest", 1, 0.40, 0.25), run("carafe", 1, 0.46, 0.27), run("dysample", 1, 0.30, 0.20),
                run("nearest", 2, 0.45, 0.28), run("carafe", 2, 0.49, 0.31), run("dysample", 2, 0.47, 0.30)]
-    summary = write_summary(settings, "d.yaml", results, costs("nearest", "carafe", "dysample"))
+    summary = write_summary(settings, "d.yaml", None, results, costs("nearest", "carafe", "dysample"))
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["arms"] == json.loads(json.dumps(summary["arms"]))
     assert "Student-t" in saved["delta_method"] and "seed-paired" in saved["delta_method"]
@@ -68,7 +68,7 @@ def test_summary_files(tmp_path):
 
 def test_one_seed_says_nothing_can_be_told_apart(tmp_path):
     settings = Settings(seeds=[0], out=str(tmp_path))
-    summary = write_summary(settings, "d.yaml", [run("nearest", 0, 0.5, 0.3), run("carafe", 0, 0.2, 0.1)],
+    summary = write_summary(settings, "d.yaml", None, [run("nearest", 0, 0.5, 0.3), run("carafe", 0, 0.2, 0.1)],
                             costs("nearest", "carafe"))
     table = markdown_table(summary)
     assert "| carafe | 0.200 | -0.300 | 0.100 | -0.200 | not distinguishable at this budget |" in table
@@ -79,6 +79,10 @@ def test_weights_transfer_is_reported(tmp_path):
     settings = Settings(seeds=[0], out=str(tmp_path))
     nearest = RunResult("nearest", 0, 0.5, 0.3, 60.0, weights_taken=[355, 355])
     carafe = RunResult("carafe", 0, 0.5, 0.3, 60.0, weights_taken=[355, 363])
-    table = markdown_table(write_summary(settings, "d.yaml", [nearest, carafe], costs("nearest", "carafe")))
+    table = markdown_table(write_summary(settings, "d.yaml", "base.pt", [nearest, carafe], costs("nearest", "carafe")))
     assert "carafe took over 355/363 state entries from the weights; 8 started fresh." in table
+    assert ", starting from `base.pt`" in table
+    pretrained = Settings(seeds=[0], pretrain_epochs=20, out=str(tmp_path))
+    table = markdown_table(write_summary(pretrained, "d.yaml", "base.pt", [nearest, carafe], costs("nearest", "carafe")))
+    assert "fine-tuned from a base with nearest upsampling trained 20 epochs on other generated scenes (`base.pt`)" in table
     assert Path(tmp_path / "summary.json").is_file()

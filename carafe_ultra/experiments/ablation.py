@@ -182,19 +182,20 @@ def _load(kind: type, path: Path):
     return kind(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
-def run_arm(settings: Settings, arm: Arm, seed: int, data: str) -> RunResult:
-    """Train one arm with one seed and evaluate its final model; ends by writing ``result.json``."""
+def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | None) -> RunResult:
+    """Train one arm with one seed (from ``weights``, if given) and evaluate its final model; ends by writing
+    ``result.json``."""
     run_dir = _run_dir(settings, arm, seed)
     out = run_dir.parents[1]
     model = ultralytics_model(convert_yaml(settings.model, arm.upsampler.name, out / "yamls" / arm.folder, arm.options))
     taken: list[int] = []
-    if settings.weights:
-        model.add_callback("on_pretrain_routine_end", lambda trainer: taken.extend(_weights_taken(trainer, settings.weights)))
+    if weights:
+        model.add_callback("on_pretrain_routine_end", lambda trainer: taken.extend(_weights_taken(trainer, weights)))
     trainer = None
     if settings.mask_lr_scale != 1:
         trainer = _with_mask_lr_scale(model.task_map[model.task]["trainer"], settings.mask_lr_scale)
     start = time.perf_counter()
-    metrics = model.train(**recipe(settings, seed), data=data, trainer=trainer, project=str(run_dir.parent),
+    metrics = model.train(**recipe(settings, seed, weights), data=data, trainer=trainer, project=str(run_dir.parent),
                           name=run_dir.name, exist_ok=True)
     result = RunResult(upsampler=arm.spec, seed=seed, mAP50=float(metrics.box.map50), mAP50_95=float(metrics.box.map),
                        train_seconds=time.perf_counter() - start, weights_taken=taken or None)
@@ -214,13 +215,13 @@ def arm_cost(settings: Settings, arm: Arm) -> ArmCost:
     return cost
 
 
-def recipe(settings: Settings, seed: int) -> dict:
+def recipe(settings: Settings, seed: int, weights: str | None = None) -> dict:
     """The ``model.train`` arguments of one seed's run, the same for every arm."""
     return dict(
         epochs=settings.epochs, imgsz=settings.imgsz, batch=settings.batch, device=settings.device,
         workers=settings.workers, seed=seed, deterministic=True, optimizer=settings.optimizer, lr0=settings.lr0,
         warmup_epochs=settings.warmup_epochs, mosaic=settings.mosaic, val=settings.val, plots=False, verbose=False,
-        **({"pretrained": settings.weights} if settings.weights else {}),
+        **({"pretrained": weights} if weights else {}),
     )
 
 
@@ -290,8 +291,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict
 
     arms = [parse_arm(spec) for spec in settings.arms]
     data = settings.data or default_data(settings.imgsz)
-    if settings.pretrain_epochs:
-        settings = Settings(**{**asdict(settings), "pretrain_epochs": 0, "weights": pretrained_base(settings, log)})
+    weights = pretrained_base(settings, log) if settings.pretrain_epochs else settings.weights
     runs = [(arm, seed) for seed in settings.seeds for arm in arms]
     results: dict[tuple[str, int], RunResult] = {}
     pending = []
@@ -303,28 +303,29 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict
         else:
             pending.append((arm, seed))
     label = f"on {settings.model}, {settings.epochs} epochs at {settings.imgsz} px" + (
-        f", from {settings.weights}" if settings.weights else "")
+        f", from {weights}" if weights else "")
     if settings.jobs == 1:
         for number, (arm, seed) in enumerate(pending, 1):
             log(f"[{number}/{len(pending)}] {arm.spec} (seed {seed}) {label}")
-            results[arm.spec, seed] = run_arm(settings, arm, seed, data)
+            results[arm.spec, seed] = run_arm(settings, arm, seed, data, weights)
     else:
         threads = max(1, (os.cpu_count() or 1) // settings.jobs)
         log(f"{len(pending)} runs {label}, {settings.jobs} at a time ({threads} CPU thread(s) each)")
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=torch.set_num_threads,
                                  initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_logged, settings, arm.spec, seed, data): (arm, seed) for arm, seed in pending}
+            futures = {pool.submit(_run_logged, settings, arm.spec, seed, data, weights): (arm, seed)
+                       for arm, seed in pending}
             for number, future in enumerate(as_completed(futures), 1):
                 arm, seed = futures[future]
                 result = results[arm.spec, seed] = future.result()
                 log(f"[{number}/{len(pending)}] {arm.spec} (seed {seed}) done in {result.train_seconds / 60:.1f} min: "
                     f"mAP50 {result.mAP50:.3f}, mAP50-95 {result.mAP50_95:.3f}")
     costs = [arm_cost(settings, arm) for arm in arms]
-    return write_summary(settings, data, [results[arm.spec, seed] for arm, seed in runs], costs)
+    return write_summary(settings, data, weights, [results[arm.spec, seed] for arm, seed in runs], costs)
 
 
-def _run_logged(settings: Settings, spec: str, seed: int, data: str) -> RunResult:
+def _run_logged(settings: Settings, spec: str, seed: int, data: str, weights: str | None) -> RunResult:
     """run_arm in a worker process (the arm by its spec: table entries do not pickle), its output (Ultralytics'
     progress) in ``<run dir>.log``."""
     arm = parse_arm(spec)
@@ -335,7 +336,7 @@ def _run_logged(settings: Settings, spec: str, seed: int, data: str) -> RunResul
         saved = os.dup(1), os.dup(2)
         os.dup2(log_file.fileno(), 1), os.dup2(log_file.fileno(), 2)
         try:
-            return run_arm(settings, arm, seed, data)
+            return run_arm(settings, arm, seed, data, weights)
         finally:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)

@@ -104,10 +104,13 @@ def summarise(results: list, costs: list) -> list[dict]:
     return summary
 
 
-def write_summary(settings, data: str, results: list, costs: list) -> dict:
+def write_summary(settings, data: str, weights: str | None, results: list, costs: list) -> dict:
+    """summary.json, summary.md and summary.png in ``settings.out``; ``data`` and ``weights`` are what the runs
+    used (the generated set, the pretrained base)."""
     out = Path(settings.out)
     arms = summarise(results, costs)
-    summary = {"arms": arms, "delta_method": DELTA_METHOD, "settings": {**asdict(settings), "data": data},
+    summary = {"arms": arms, "delta_method": DELTA_METHOD,
+               "settings": {**asdict(settings), "data": data, "weights": weights},
                "seeds": list(settings.seeds), "runs": [asdict(r) for r in results]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown_table(summary))
@@ -128,7 +131,11 @@ def markdown_table(summary: dict) -> str:
     s = summary["settings"]
     seeds = summary["seeds"]
     spread = len(seeds) > 1
-    start = f", starting from `{s['weights']}`" if s.get("weights") else ", from scratch"
+    if s.get("pretrain_epochs"):
+        start = (f", fine-tuned from a base with nearest upsampling trained {s['pretrain_epochs']} epochs on other "
+                 f"generated scenes (`{s['weights']}`)")
+    else:
+        start = f", starting from `{s['weights']}`" if s.get("weights") else ", from scratch"
     lines = [
         f"# Upsampler ablation: {Path(s['model']).name}",
         "",
