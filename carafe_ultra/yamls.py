@@ -114,7 +114,7 @@ def convert_yaml(
     layers = ", ".join(map(str, new_rows))
     kind = entry.module if entry.name == entry.module.lower() else f"{entry.module} ({entry.name})"
     note = f"# carafe-ultra (convert_yaml): {source.name} with its upsampling rows (layers {layers}) as {kind} rows.\n"
-    if entry.module_class is not None or entry.module == "nn.ConvTranspose2d":
+    if yaml_module_class(entry.module) in conv_like_modules():  # its rows state their channels
         note += ("# Each row's c2 repeats the nominal channels of the layer feeding it, so every channel count "
                  "stays as it was at every scale.\n")
     stem = re.sub(rf"-({'|'.join(map(re.escape, UPSAMPLERS))})$", "", Path(model).stem)  # no "-carafe-nearest"

@@ -18,7 +18,7 @@ from carafe_ultra.experiments.ablation import (
     _weights_taken,
     _with_mask_lr_scale,
     default_data,
-    latency_ms,
+    latencies_ms,
     pretrained_base,
     recipe,
     run_ablation,
@@ -231,8 +231,9 @@ def test_command_line(tmp_path, data):
     assert "| carafe |" in run.stdout and f"plot: {tmp_path / 'o' / 'summary.png'}" in run.stdout
 
 
-def test_latency_accepts_ultralytics_device_strings():
-    net = torch.nn.Conv2d(3, 4, 3)
-    assert latency_ms(net, 32, "cpu", repeats=2) > 0
+def test_latencies_accept_ultralytics_device_strings_and_time_each_network():
+    small, large = torch.nn.Conv2d(3, 4, 3), torch.nn.Sequential(*[torch.nn.Conv2d(3, 3, 3, padding=1)] * 30)
+    ms = latencies_ms({"small": small, "large": large}, 64, "cpu", repeats=5)
+    assert set(ms) == {"small", "large"} and 0 < ms["small"] < ms["large"]
     if torch.cuda.is_available():
-        assert latency_ms(net, 32, "0", repeats=2) > 0
+        assert latencies_ms({"small": small}, 32, "0", repeats=2)["small"] > 0

@@ -203,16 +203,22 @@ def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | N
     return result
 
 
-def arm_cost(settings: Settings, arm: Arm) -> ArmCost:
-    """Parameters, GFLOPs and latency of an arm's trained model (its first seed's), cached beside its runs."""
-    path = Path(settings.out).resolve() / "runs" / f"{arm.folder}-cost.json"
-    if path.is_file():
-        return _load(ArmCost, path)
-    network = ultralytics_model(_run_dir(settings, arm, settings.seeds[0]) / "weights" / "best.pt").model
-    cost = ArmCost(upsampler=arm.spec, params=sum(p.numel() for p in network.parameters()),
-                   GFLOPs=_gflops(network, settings.imgsz), latency_ms=latency_ms(network, settings.imgsz, settings.device))
-    path.write_text(json.dumps(asdict(cost), indent=2) + "\n")
-    return cost
+def arm_costs(settings: Settings, arms: list[Arm]) -> list[ArmCost]:
+    """Parameters, GFLOPs and latency of each arm's trained model (its first seed's), cached in ``runs/costs.json``.
+
+    Latencies are measured round-robin across the arms, so whatever else the machine does hits them alike.
+    """
+    path = Path(settings.out).resolve() / "runs" / "costs.json"
+    cached = {cost["upsampler"]: cost for cost in json.loads(path.read_text())} if path.is_file() else {}
+    if not all(arm.spec in cached for arm in arms):
+        networks = {arm.spec: ultralytics_model(_run_dir(settings, arm, settings.seeds[0]) / "weights" / "best.pt").model
+                    for arm in arms}
+        latencies = latencies_ms(networks, settings.imgsz, settings.device)
+        cached.update({spec: asdict(ArmCost(upsampler=spec, params=sum(p.numel() for p in network.parameters()),
+                                            GFLOPs=_gflops(network, settings.imgsz), latency_ms=latencies[spec]))
+                       for spec, network in networks.items()})
+        path.write_text(json.dumps(list(cached.values()), indent=2) + "\n")
+    return [ArmCost(**cached[arm.spec]) for arm in arms]
 
 
 def recipe(settings: Settings, seed: int, weights: str | None = None) -> dict:
@@ -261,24 +267,26 @@ def _gflops(network: torch.nn.Module, imgsz: int) -> float:
     return float(get_flops(network, imgsz))
 
 
-def latency_ms(network: torch.nn.Module, imgsz: int, device: str, repeats: int = 30) -> float:
-    """Median forward time of one image (batch 1, float32, eval mode, no pre/post-processing)."""
+def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: str, repeats: int = 30) -> dict[str, float]:
+    """Median forward time of one image (batch 1, float32, eval mode, no pre/post-processing) per network, the
+    networks timed in turn within each round."""
     first = str(device).split(",")[0].strip()  # Ultralytics' "0,1" style: time on the first device
     device = torch.device(f"cuda:{first}" if first.isdigit() else first)
-    net = copy.deepcopy(network).float().eval().to(device)
+    nets = {name: copy.deepcopy(network).float().eval().to(device) for name, network in networks.items()}
     x = torch.rand(1, 3, imgsz, imgsz, device=device)
-    timings = []
+    timings: dict[str, list[float]] = {name: [] for name in nets}
     with torch.no_grad():
-        for i in range(repeats + 5):
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            net(x)
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            if i >= 5:  # warm-up
-                timings.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(timings)
+        for round_ in range(repeats + 5):
+            for name, net in nets.items():
+                if x.is_cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                net(x)
+                if x.is_cuda:
+                    torch.cuda.synchronize()
+                if round_ >= 5:  # warm-up
+                    timings[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(times) for name, times in timings.items()}
 
 
 def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict:
@@ -321,7 +329,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict
                 result = results[arm.spec, seed] = future.result()
                 log(f"[{number}/{len(pending)}] {arm.spec} (seed {seed}) done in {result.train_seconds / 60:.1f} min: "
                     f"mAP50 {result.mAP50:.3f}, mAP50-95 {result.mAP50_95:.3f}")
-    costs = [arm_cost(settings, arm) for arm in arms]
+    costs = arm_costs(settings, arms)
     return write_summary(settings, data, weights, [results[arm.spec, seed] for arm, seed in runs], costs)
 
 

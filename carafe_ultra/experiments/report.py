@@ -220,6 +220,7 @@ def plot(summary: dict, path: Path) -> None:
             diff.errorbar([p + offset], [delta["mean"]], yerr=error, color=colour, marker="D", capsize=5,
                           label=key if p == 0 else None)
     diff.axhline(0, color="grey", linewidth=1)
+    diff.set_xlim(-0.5, max(len(compared), 1) - 0.5)
     diff.set_xticks(range(len(compared)), [a["upsampler"] for a in compared])
     diff.set_ylabel("difference to nearest, same seed")
     diff.set_title(f"Paired difference to nearest: seeds and {CONFIDENCE:.0%} interval")
@@ -234,6 +235,9 @@ def plot(summary: dict, path: Path) -> None:
     cost.set_ylabel("latency, ms (1 image)", color="#55a868")
     twin.set_ylabel("GFLOPs", color="#8172b3")
     cost.set_title("Cost: latency (left bars), GFLOPs (right bars)")
+    if max(map(len, names)) > 12:  # arm options make long names
+        for axes in (acc, diff, cost):
+            axes.tick_params(axis="x", labelrotation=15)
     fig.suptitle(f"Upsampler ablation: {Path(summary['settings']['model']).name}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
