@@ -241,3 +241,30 @@ def test_forcing_the_kernels_where_they_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match=r"CARAFE_ULTRA_BACKEND=cupy, but the CUDA kernels take float32, float16 or "
                                          r"bfloat16, got torch.float64 features"):
         carafe(features.double(), masks, 3, 1, 2)
+
+
+def library_missing():
+    try:
+        raise OSError("libnvrtc.so.12: cannot open shared object file")
+    except OSError as cause:
+        raise RuntimeError("CuPy failed to load libnvrtc.so.12") from cause
+
+
+@pytest.mark.parametrize("raised,kind", [("compile", "compile"), ("library", "library"), ("driver", "launch")])
+def test_cupy_launcher_names_the_step_that_failed(raised, kind, monkeypatch):
+    compiler = pytest.importorskip("cupy.cuda.compiler")
+    from carafe_ultra.backends import cupy_launcher
+    from carafe_ultra.backends.kernel_types import KernelError, Specialisation
+
+    def failing(*args):
+        if raised == "compile":
+            raise compiler.CompileException("error: identifier undefined", "carafe.cu", "carafe", {}, "")
+        if raised == "library":
+            library_missing()
+        raise RuntimeError("CUDA_ERROR_NO_DEVICE")
+
+    monkeypatch.setattr(cupy_launcher, "_kernel", failing)
+    with pytest.raises(KernelError) as caught:
+        cupy_launcher.CupyLauncher().launch(Specialisation(torch.float32, torch.float32, 3, 2), "forward", (1, 1), 128,
+                                            (torch.empty(1),))
+    assert caught.value.kind == kind

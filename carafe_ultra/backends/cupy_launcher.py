@@ -74,9 +74,10 @@ class CupyLauncher:
             kernel = _kernel(device, spec, name)
         except CompileException as error:
             raise KernelError("compile", f"NVRTC could not compile carafe_{name}: {error}") from error
-        except (ImportError, OSError) as error:
-            raise KernelError("library", f"a CUDA library did not load ({type(error).__name__}: {error})") from error
         except Exception as error:
+            # CuPy reports a CUDA library it cannot open (libnvrtc, ...) as an error caused by an OSError.
+            if isinstance(error, (ImportError, OSError)) or isinstance(error.__cause__, OSError):
+                raise KernelError("library", f"a CUDA library did not load ({type(error).__name__}: {error})") from error
             raise KernelError("launch", f"loading carafe_{name} failed ({type(error).__name__}: {error})") from error
         # Pointers travel as 64-bit integers (bfloat16 tensors have no __cuda_array_interface__), sizes as int64.
         params = tuple(np.uint64(a.data_ptr()) if isinstance(a, Tensor) else np.int64(a) for a in args)
