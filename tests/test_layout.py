@@ -34,3 +34,23 @@ def test_every_path_in_the_readme_layout_table_exists():
     assert len(paths) >= 10
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert missing == []
+
+
+def test_the_package_imports_without_cycles():
+    # The core reads bottom up (_checks -> backends -> functional -> modules -> integration -> yamls): no module
+    # imports one that imports it back, directly or through others.
+    graph = import_graph(PACKAGE)
+    done, on_path = set(), []
+
+    def visit(name):
+        if name in on_path:
+            raise AssertionError(" -> ".join(on_path[on_path.index(name):] + [name]))
+        if name not in done:
+            on_path.append(name)
+            for target in graph[name]:
+                visit(target)
+            on_path.pop()
+            done.add(name)
+
+    for name in graph:
+        visit(name)

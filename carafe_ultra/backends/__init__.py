@@ -15,27 +15,17 @@ Callers go through :func:`carafe_ultra.carafe`; backends receive checked inputs.
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from .choice import BACKEND_VARIABLE, backend_choice
 from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, launcher_unavailable
 from .torch_backend import carafe_torch, carafe_traceable
 
 Backend = Callable[[Tensor, Tensor, int, int, int], Tensor]
-BACKEND_VARIABLE = "CARAFE_ULTRA_BACKEND"
-_CHOICES = ("auto", "torch", "cupy")
-
-
-def backend_choice() -> str:
-    """``CARAFE_ULTRA_BACKEND``, checked: auto (the default), torch or cupy."""
-    choice = os.environ.get(BACKEND_VARIABLE, "auto").strip().lower() or "auto"
-    if choice not in _CHOICES:
-        raise ValueError(f"{BACKEND_VARIABLE} must be one of {', '.join(_CHOICES)}, got {choice!r}")
-    return choice
 
 
 def is_exporting() -> bool:

@@ -24,6 +24,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from .choice import backend_choice
 from .cupy_launcher import CupyLauncher
 from .kernel_types import STORAGE_TYPES, KernelError, Launcher, Specialisation
 from .torch_backend import reassemble, reassemble_backward
@@ -158,8 +159,6 @@ def first_use_check(device: torch.device, spec: Specialisation) -> str | None:
 
 
 def _strict() -> bool:
-    from . import backend_choice  # the package imports this module: look the choice up when it is needed
-
     return backend_choice() == "cupy"
 
 
