@@ -138,8 +138,8 @@ def test_rtdetr_exports_predict_the_same_set_of_detections(fmt, rtdetr, data):
     exported = export(rtdetr, fmt)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     want, got = raw_outputs(str(rtdetr), x)[0], raw_outputs(exported, x)[0]  # (queries, cx cy w h score class)
-    kept = lambda rows: rows[rows[:, 4] >= 0.5]  # noqa: E731  (the confident class-0 queries)
-    assert_same_detections(kept(want), kept(got))  # query order may differ between runtimes: compare as sets
+    confident_rows = [rows[rows[:, 4] >= 0.5] for rows in (want, got)]  # the class-0 queries
+    assert_same_detections(*confident_rows)  # query order may differ between runtimes: compare as sets
     for want_image, got_image in zip(detections(rtdetr, val_images(data)), detections(exported, val_images(data)),
                                      strict=True):
         assert_same_detections(want_image, got_image)

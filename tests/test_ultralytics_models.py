@@ -35,6 +35,10 @@ def test_the_stock_models_cover_every_task():
     assert len(STOCK_WITH_UPSAMPLING) >= 50 and tasks == {"detect", "segment", "pose", "obb", "semantic", "depth"}
 
 
+def modules_of(model, kind):
+    return sum(isinstance(m, kind) for m in model.modules())
+
+
 def output_shapes(output):
     """The shapes of every tensor in a (nested) model output, in order."""
     if isinstance(output, torch.Tensor):
@@ -50,10 +54,9 @@ def test_every_stock_model_with_upsampling_converts_builds_and_runs(stock, tmp_p
     converted, original = ultralytics_model(carafe_yaml(stock, tmp_path)), ultralytics_model(stock)
     assert converted.task == original.task
     network, stock_network = converted.model.eval(), original.model.eval()
-    count = lambda model, kind: sum(isinstance(m, kind) for m in model.modules())  # noqa: E731
-    assert count(network, CARAFE) == upsample_rows(stock)
+    assert modules_of(network, CARAFE) == upsample_rows(stock)
     # Heads may upsample inside their own modules (YOLOE's proto); only the YAML's rows change.
-    assert count(network, torch.nn.Upsample) == count(stock_network, torch.nn.Upsample) - upsample_rows(stock)
+    assert modules_of(network, torch.nn.Upsample) == modules_of(stock_network, torch.nn.Upsample) - upsample_rows(stock)
     x = torch.zeros(1, 3, 64, 64)
     with torch.no_grad():
         assert output_shapes(network(x)) == output_shapes(stock_network(x))
