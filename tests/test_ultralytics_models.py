@@ -12,7 +12,7 @@ import torch
 import ultralytics
 import yaml
 from ultralytics.nn.tasks import DetectionModel
-from ultralytics.utils.torch_utils import get_flops
+from ultralytics.utils.torch_utils import get_flops, get_num_params
 
 import carafe_ultra
 from carafe_ultra import CARAFE, DySample, carafe_yaml, model_yaml
@@ -95,8 +95,7 @@ def test_channels_match_stock_model_at_every_scale(ours, stock):
     carafes = [m for m in ours.model if isinstance(m, CARAFE)]
     assert len(carafes) == 2 and all(m.projection is None for m in carafes)
     extra = sum(p.numel() for m in carafes for p in m.parameters())
-    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
-    assert count(ours) - count(stock) == extra  # every other layer is the same size
+    assert get_num_params(ours) - get_num_params(stock) == extra  # every other layer is the same size
     x = torch.zeros(1, 3, 64, 64)
     ours.eval(), stock.eval()
     with torch.no_grad():

@@ -208,14 +208,17 @@ def arm_costs(settings: Settings, arms: list[Arm]) -> list[ArmCost]:
 
     Latencies are measured round-robin across the arms, so whatever else the machine does hits them alike.
     """
+    from ultralytics.utils.torch_utils import get_flops, get_num_params
+
     path = Path(settings.out).resolve() / "runs" / "costs.json"
     cached = {cost["upsampler"]: cost for cost in json.loads(path.read_text())} if path.is_file() else {}
     if not all(arm.spec in cached for arm in arms):
         networks = {arm.spec: ultralytics_model(_run_dir(settings, arm, settings.seeds[0]) / "weights" / "best.pt").model
                     for arm in arms}
         latencies = latencies_ms(networks, settings.imgsz, settings.device)
-        cached.update({spec: asdict(ArmCost(upsampler=spec, params=sum(p.numel() for p in network.parameters()),
-                                            GFLOPs=_gflops(network, settings.imgsz), latency_ms=latencies[spec]))
+        cached.update({spec: asdict(ArmCost(upsampler=spec, params=get_num_params(network),
+                                            GFLOPs=float(get_flops(network, settings.imgsz)),
+                                            latency_ms=latencies[spec]))
                        for spec, network in networks.items()})
         path.write_text(json.dumps(list(cached.values()), indent=2) + "\n")
     return [ArmCost(**cached[arm.spec]) for arm in arms]
@@ -259,12 +262,6 @@ def _with_mask_lr_scale(base: type, factor: float) -> type:
             return optimizer
 
     return MaskLearningRateTrainer
-
-
-def _gflops(network: torch.nn.Module, imgsz: int) -> float:
-    from ultralytics.utils.torch_utils import get_flops
-
-    return float(get_flops(network, imgsz))
 
 
 def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: str, repeats: int = 30) -> dict[str, float]:

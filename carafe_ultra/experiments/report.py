@@ -126,6 +126,11 @@ def _interval(delta: dict | None) -> str:
     return f"{delta['mean']:+.3f} [{delta['low']:+.3f}, {delta['high']:+.3f}]"
 
 
+def _accuracy(arm: dict, metric: str, spread: bool) -> str:
+    """The arm's mean ``metric``, with its standard deviation over seeds where there are several."""
+    return f"{arm[metric]:.3f} ± {arm[metric + '_std']:.3f}" if spread else f"{arm[metric]:.3f}"
+
+
 def markdown_table(summary: dict) -> str:
     arms = summary["arms"]
     s = summary["settings"]
@@ -150,10 +155,9 @@ def markdown_table(summary: dict) -> str:
     ]
     for a in arms:
         delta = a.get("delta_vs_nearest")
-        sd = (lambda key: f" ± {a[key + '_std']:.3f}") if spread else (lambda key: "")
         lines.append(
-            f"| {a['upsampler']} | {a['mAP50']:.3f}{sd('mAP50')} | {_interval(delta and delta['mAP50'])} "
-            f"| {a['mAP50-95']:.3f}{sd('mAP50-95')} | {_interval(delta and delta['mAP50-95'])} "
+            f"| {a['upsampler']} | {_accuracy(a, 'mAP50', spread)} | {_interval(delta and delta['mAP50'])} "
+            f"| {_accuracy(a, 'mAP50-95', spread)} | {_interval(delta and delta['mAP50-95'])} "
             f"| {verdict(delta['mAP50-95']) if delta else ''} "
             f"| {a['params']:,} | {a['GFLOPs']:.2f} | {a['latency_ms']:.1f} |"
         )
