@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.helpers import random_inputs
-from tests.reference import carafe_reference
 
 from carafe_ultra import CARAFE
 from carafe_ultra.experiments.baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
@@ -21,6 +19,8 @@ from carafe_ultra.experiments.benchmark import (
     kernel_files,
     kernel_sha256,
 )
+from tests.helpers import random_inputs
+from tests.reference import carafe_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 

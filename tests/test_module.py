@@ -6,9 +6,9 @@ import pickle
 
 import pytest
 import torch
-from tests.reference import carafe_reference
 
 from carafe_ultra import CARAFE
+from tests.reference import carafe_reference
 
 
 def conv_params(c_in, c_out, k):

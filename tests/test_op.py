@@ -2,11 +2,12 @@
 
 import pytest
 import torch
-from tests.helpers import SHAPES, random_inputs
-from tests.reference import carafe_reference
 
 from carafe_ultra import carafe
 from carafe_ultra.backends import torch_backend
+from tests.helpers import SHAPES, random_inputs
+from tests.reference import carafe_reference
+
 
 @pytest.mark.parametrize("kernel", [1, 3, 5, 7])
 @pytest.mark.parametrize("scale", [1, 2, 3, 4])

@@ -33,7 +33,7 @@ def is_exporting() -> bool:
     return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_once(reason: str) -> None:
     warnings.warn(f"carafe-ultra: CARAFE runs its (slower) PyTorch path on CUDA tensors: {reason}.", stacklevel=4)
 

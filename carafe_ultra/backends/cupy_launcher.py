@@ -19,7 +19,7 @@ KERNEL_DIR = Path(__file__).parent / "kernels"
 KERNEL_SOURCE = KERNEL_DIR / "carafe.cu"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cupy_importable() -> bool:
     """Whether CuPy can be imported (looked up once per process)."""
     try:
@@ -34,7 +34,7 @@ def nvrtc_options(spec: Specialisation) -> tuple[str, ...]:
     return (*spec.defines(), "--std=c++14")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(spec: Specialisation):
     """One specialisation of kernels/carafe.cu, compiled on first use."""
     import cupy
@@ -42,7 +42,7 @@ def _module(spec: Specialisation):
     return cupy.RawModule(code=KERNEL_SOURCE.read_text(), options=nvrtc_options(spec))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel(device_index: int, spec: Specialisation, name: str):
     """One entry point loaded on one device, cached for the process (never on module instances)."""
     import cupy
