@@ -16,33 +16,41 @@ from .yamls import carafe_yaml, model_dir, model_yaml
 
 def _models(args: argparse.Namespace) -> None:
     if args.name:
-        print(model_yaml(args.name))
+        try:
+            print(model_yaml(args.name))
+        except FileNotFoundError as error:
+            args.error(str(error))
     else:
         for path in sorted(model_dir().glob("*.yaml")):
             print(path)
 
 
 def _convert(args: argparse.Namespace) -> None:
-    print(carafe_yaml(args.model, args.out_dir))
+    try:
+        print(carafe_yaml(args.model, args.out_dir))
+    except (FileNotFoundError, ValueError) as error:  # no such model, or no upsampling row in it
+        args.error(str(error))
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line. Each command's namespace carries ``error``, its parser's ``error`` method: input found
+    wrong after parsing is reported like a parsing error (usage, the message, exit status 2), not a traceback."""
     root = argparse.ArgumentParser(prog="python -m carafe_ultra", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
     models = commands.add_parser("models", help="print the path of a shipped YAML, or list them all")
     models.add_argument("name", nargs="?", help="e.g. yolov8n-carafe.yaml (a YOLO scale letter may be added)")
-    models.set_defaults(run=_models)
+    models.set_defaults(run=_models, error=models.error)
     convert = commands.add_parser("convert", help="write a model YAML with CARAFE in place of nn.Upsample")
     convert.add_argument("model", help="a stock Ultralytics name (yolo26n-seg.yaml), one of ours, or a path")
     convert.add_argument("-o", "--out-dir", dest="out_dir", default=None, help="folder to write to (default: .)")
-    convert.set_defaults(run=_convert)
+    convert.set_defaults(run=_convert, error=convert.error)
     for name, tool, summary in (("ablate", ablation, "train with each upsampler and compare them"),
                                 ("benchmark", benchmark, "side-by-side speed and memory measurements")):
         command = commands.add_parser(name, help=summary, description=tool.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         tool.add_arguments(command)
-        command.set_defaults(run=tool.main)
+        command.set_defaults(run=tool.main, error=command.error)
     return root
 
 

@@ -1,9 +1,12 @@
 """Every wrong argument fails up front with an error that names it and says what was expected."""
 
+import re
+
 import pytest
 import torch
 
 from carafe_ultra import CARAFE, carafe
+from carafe_ultra.__main__ import main
 
 
 def good():
@@ -103,3 +106,25 @@ def test_module_bad_arguments(kwargs, error, pattern):
 def test_module_wrong_input_channels():
     with pytest.raises(ValueError, match=r"CARAFE expects input of shape \(N, 8, H, W\), got \(1, 4, 5, 5\)"):
         CARAFE(8)(torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["models", "yolov5-carafe.yaml"], "no shipped model YAML named 'yolov5-carafe.yaml'"),
+        (["convert", "nosuch.yaml"], "no model YAML 'nosuch.yaml'"),
+        (["convert", "yolo11n-cls.yaml"], r"yolo11n-cls.yaml \(.*\) has no upsampling row"),
+        (["ablate", "--jobs", "0"], "jobs must be a positive int, got 0"),
+        (["ablate", "--arms", "nearest", "carafe:bogus=1"], "carafe options must be among kernel_size, .*got bogus"),
+        (["ablate", "--weights", "/nonexistent.pt"], "weights '/nonexistent.pt' is not a file"),
+        (["benchmark", "--repeats", "0"], "--repeats must be a positive int, got 0"),
+        (["benchmark", "--export", "--model", "nosuch.yaml"], "no model YAML 'nosuch.yaml'"),
+        (["benchmark", "--gpu", "--export"], "argument --export: not allowed with argument --gpu"),
+    ],
+)
+def test_command_line_reports_wrong_input_as_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's way: usage, the message, status 2; no traceback
+        main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(rf"python -m carafe_ultra {argv[0]}: error: {message}", error), error

@@ -384,7 +384,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Run the ablation the parsed options describe and print its table."""
-    settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    try:
+        settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+    except (ValueError, FileNotFoundError) as error:  # an option out of range, a missing file, a wrong arm
+        args.error(str(error))
     run_ablation(settings)
     out = Path(settings.out)
     print("\n" + (out / "summary.md").read_text())

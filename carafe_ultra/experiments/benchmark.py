@@ -28,6 +28,7 @@ from ..backends.torch_backend import carafe_torch
 from ..dysample import DySample
 from ..functional import carafe
 from ..module import CARAFE
+from ..yamls import find_model_yaml
 from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
 from .export_cost import export_cost, format_export_cost
 
@@ -329,8 +330,9 @@ def format_gpu_report(report: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's command-line options (``python -m carafe_ultra benchmark``, ``scripts/benchmark.py``)."""
-    parser.add_argument("--gpu", action="store_true", help="benchmark the CUDA path (needs a GPU and CuPy)")
-    parser.add_argument("--export", action="store_true",
+    mode = parser.add_mutually_exclusive_group()  # neither: the CPU comparison
+    mode.add_argument("--gpu", action="store_true", help="benchmark the CUDA path (needs a GPU and CuPy)")
+    mode.add_argument("--export", action="store_true",
                         help="the cost of CARAFE in an exported model: ONNX nodes, ONNX Runtime and OpenVINO latency")
     parser.add_argument("--model", default="yolov8n.yaml", help="--export: the model family (default yolov8n.yaml)")
     parser.add_argument("--imgsz", type=int, default=640, help="--export: image size (default 640)")
@@ -342,6 +344,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Run the benchmark the parsed options describe, print it, and write the JSON if asked."""
+    for name in ("repeats", "imgsz"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            args.error(f"--{name} must be a positive int, got {getattr(args, name)}")
+    if args.export:
+        try:
+            find_model_yaml(args.model)  # before any export work
+        except FileNotFoundError as error:
+            args.error(str(error))
     if args.gpu:
         result = gpu_report()
         print(format_gpu_report(result))
