@@ -164,7 +164,7 @@ class RunResult:
 
 @dataclass
 class ArmCost:
-    """What one arm costs at inference, measured once per arm with nothing else running."""
+    """What one arm costs at inference, measured once per arm after training, the arms' latencies round-robin."""
 
     upsampler: str
     params: int
@@ -276,11 +276,11 @@ def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: str, 
         for round_ in range(repeats + 5):
             for name, net in nets.items():
                 if x.is_cuda:
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 net(x)
                 if x.is_cuda:
-                    torch.cuda.synchronize()
+                    torch.cuda.synchronize(device)
                 if round_ >= 5:  # warm-up
                     timings[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(times) for name, times in timings.items()}
@@ -290,7 +290,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict
     """Every arm with every seed (finished runs reused), their costs, then the summary files in ``settings.out``.
 
     With ``settings.jobs`` > 1 the runs train in that many worker processes at once, each with its share of the
-    CPU threads and its output in ``<run>.log``; costs are measured afterwards, one arm after another.
+    CPU threads and its output in ``<run>.log``; costs are measured afterwards (see :func:`arm_costs`).
     """
     from .report import write_summary
 
