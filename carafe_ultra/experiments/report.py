@@ -15,6 +15,7 @@ from pathlib import Path
 METRICS = {"mAP50": "mAP50", "mAP50-95": "mAP50_95"}  # report key: RunResult field
 BASELINE = "nearest"
 CONFIDENCE = 0.90
+PLOT_SERIES = ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50-95", "#dd8452"))  # x offset, metric, colour
 DELTA_METHOD = (f"{CONFIDENCE:.0%} Student-t interval of the mean of the seed-paired differences "
                 "(arm minus nearest with the same seed), n-1 degrees of freedom")
 
@@ -51,20 +52,29 @@ def student_t_quantile(probability: float, dof: int) -> float:
     return (low + high) / 2
 
 
+def by_seed(arm: dict, metric: str) -> dict[int, float]:
+    """An arm's ``metric`` per seed, from its summary entry."""
+    return dict(zip(arm["seeds"], arm[f"{metric}_runs"]))
+
+
+def paired_differences(values: dict[int, float], baseline: dict[int, float]) -> list[float]:
+    """``values[seed] - baseline[seed]`` for each seed both have, in the order of ``values``."""
+    return [values[seed] - baseline[seed] for seed in values if seed in baseline]
+
+
 def paired_delta(values: dict[int, float], baseline: dict[int, float]) -> dict:
-    """Mean and 90% interval of ``values[seed] - baseline[seed]`` over the seeds both have.
+    """Mean and 90% interval of the :func:`paired_differences`.
 
     ``low`` and ``high`` are None with fewer than two paired seeds (no spread to estimate).
     """
-    differences = [values[seed] - baseline[seed] for seed in values if seed in baseline]
+    differences = paired_differences(values, baseline)
     if not differences:
         raise ValueError("no seed in common with the nearest arm: nothing to pair")
-    mean = statistics.fmean(differences)
-    if len(differences) < 2:
-        return {"mean": mean, "low": None, "high": None, "n": 1}
-    n = len(differences)
+    mean, n = statistics.fmean(differences), len(differences)
+    if n < 2:
+        return {"mean": mean, "low": None, "high": None, "n": n}
     half = student_t_quantile(0.5 + CONFIDENCE / 2, n - 1) * statistics.stdev(differences) / math.sqrt(n)
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(differences)}
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
 def verdict(delta: dict) -> str:
@@ -96,11 +106,7 @@ def summarise(results: list, costs: list) -> list[dict]:
     base = next((a for a in summary if a["upsampler"] == BASELINE), None)
     for entry in summary:
         if base is not None and entry is not base:
-            entry["delta_vs_nearest"] = {
-                key: paired_delta(dict(zip(entry["seeds"], entry[f"{key}_runs"])),
-                                  dict(zip(base["seeds"], base[f"{key}_runs"])))
-                for key in METRICS
-            }
+            entry["delta_vs_nearest"] = {key: paired_delta(by_seed(entry, key), by_seed(base, key)) for key in METRICS}
     return summary
 
 
@@ -200,10 +206,9 @@ def plot(summary: dict, path: Path) -> None:
     fig, (acc, diff, cost) = plt.subplots(1, 3, figsize=(16, 4.6))
 
     # Every seed's value, the seeds joined across arms (they are paired), and the mean.
-    for offset, key, colour in ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50-95", "#dd8452")):
+    for offset, key, colour in PLOT_SERIES:
         for seed in summary["seeds"]:
-            points = [(p + offset, a[f"{key}_runs"][a["seeds"].index(seed)]) for p, a in zip(positions, arms)
-                      if seed in a["seeds"]]
+            points = [(p + offset, by_seed(a, key)[seed]) for p, a in zip(positions, arms) if seed in a["seeds"]]
             acc.plot(*zip(*points), color=colour, alpha=0.35, marker="o", markersize=4, linewidth=1)
         acc.scatter([p + offset for p in positions], [a[key] for a in arms], color=colour, marker="_", s=400,
                     linewidths=3, label=f"{key} (lines: seeds; bar: mean)", zorder=3)
@@ -213,12 +218,11 @@ def plot(summary: dict, path: Path) -> None:
     acc.legend(fontsize=8)
 
     compared = [a for a in arms if "delta_vs_nearest" in a]
+    base = next((b for b in arms if b["upsampler"] == BASELINE), None)
     for p, a in enumerate(compared):
-        base = next(b for b in arms if b["upsampler"] == BASELINE)
-        for offset, key, colour in ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50-95", "#dd8452")):
+        for offset, key, colour in PLOT_SERIES:
             delta = a["delta_vs_nearest"][key]
-            seeds = [s for s in a["seeds"] if s in base["seeds"]]
-            values = [a[f"{key}_runs"][a["seeds"].index(s)] - base[f"{key}_runs"][base["seeds"].index(s)] for s in seeds]
+            values = paired_differences(by_seed(a, key), by_seed(base, key))
             diff.scatter([p + offset] * len(values), values, color=colour, s=14, alpha=0.6)
             error = None if delta["low"] is None else [[delta["mean"] - delta["low"]], [delta["high"] - delta["mean"]]]
             diff.errorbar([p + offset], [delta["mean"]], yerr=error, color=colour, marker="D", capsize=5,
