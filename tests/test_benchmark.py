@@ -3,6 +3,7 @@
 import hashlib
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from carafe_ultra.experiments.benchmark import (
     kernel_files,
     kernel_sha256,
 )
+from carafe_ultra.experiments.timing import interleaved_seconds
 from tests.helpers import random_inputs
 from tests.reference import carafe_reference
 
@@ -28,6 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_unfold_matmul_baseline_is_correct():
     features, masks = random_inputs(2, 3, 4, 5, 5, 1, 3)
     torch.testing.assert_close(unfold_matmul_carafe(features, masks, 5, 3), carafe_reference(features, masks, 5, 1, 3))
+
+
+def test_interleaved_seconds_takes_turns_and_drops_the_warm_up():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b") or time.sleep(0.01)}
+    samples = interleaved_seconds(runs, repeats=3, warmup=2, synchronize=lambda: calls.append("sync"))
+    assert calls == ["sync", "a", "sync", "sync", "b", "sync"] * 5  # turns within each round, synchronised
+    assert {name: len(times) for name, times in samples.items()} == {"a": 3, "b": 3}
+    assert min(samples["b"]) >= 0.01 > max(samples["a"])
+    with pytest.raises(ValueError, match="need repeats >= 1 and warmup >= 0, got 0 and 1"):
+        interleaved_seconds(runs, repeats=0, warmup=1)
 
 
 def test_peak_memory_sees_a_large_allocation():

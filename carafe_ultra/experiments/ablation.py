@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -33,6 +34,7 @@ from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
 from ..yamls import convert_yaml
 from .data import ShapesSpec, default_cache_dir, shapes_dataset
+from .timing import interleaved_seconds
 
 DEFAULT_ARMS = ("nearest", "carafe")
 
@@ -266,23 +268,15 @@ def _with_mask_lr_scale(base: type, factor: float) -> type:
 
 def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: str, repeats: int = 30) -> dict[str, float]:
     """Median forward time of one image (batch 1, float32, eval mode, no pre/post-processing) per network, the
-    networks timed in turn within each round."""
+    networks taking turns within each round."""
     first = str(device).split(",")[0].strip()  # Ultralytics' "0,1" style: time on the first device
     device = torch.device(f"cuda:{first}" if first.isdigit() else first)
     nets = {name: copy.deepcopy(network).float().eval().to(device) for name, network in networks.items()}
     x = torch.rand(1, 3, imgsz, imgsz, device=device)
-    timings: dict[str, list[float]] = {name: [] for name in nets}
+    synchronize = functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else None
     with torch.no_grad():
-        for round_ in range(repeats + 5):
-            for name, net in nets.items():
-                if x.is_cuda:
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                net(x)
-                if x.is_cuda:
-                    torch.cuda.synchronize(device)
-                if round_ >= 5:  # warm-up
-                    timings[name].append(time.perf_counter() - start)
+        timings = interleaved_seconds({name: functools.partial(net, x) for name, net in nets.items()}, repeats,
+                                      warmup=5, synchronize=synchronize)
     return {name: 1e3 * statistics.median(times) for name, times in timings.items()}
 
 

@@ -31,6 +31,7 @@ from ..module import CARAFE
 from ..yamls import find_model_yaml
 from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
 from .export_cost import export_cost, format_export_cost
+from .timing import interleaved_seconds
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,6 @@ class PeakMemory:
         return (self._status_kib("VmHWM:") - baseline) * 1024
 
 
-def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _forward(op: Callable[[Tensor, Tensor], Tensor], case: Case) -> Callable[[], Tensor]:
     features, masks = case.inputs()
 
@@ -137,13 +132,7 @@ def cpu_reassembly_comparison(case: Case, repeats: int = 7) -> dict:
     result: dict = {"case": asdict(case), "threads": torch.get_num_threads()}
     for mode, build in _MODES.items():
         runs = {name: build(op, case) for name, op in ops.items()}
-        for run in runs.values():  # warm-up
-            run(), run()
-        # Interleave the two implementations so drifting machine load hits both alike.
-        samples: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(repeats):
-            for name, run in runs.items():
-                samples[name].append(seconds(run))
+        samples = interleaved_seconds(runs, repeats, warmup=2)
         ms = {name: 1e3 * statistics.median(times) for name, times in samples.items()}
         peaks = {}
         for name in runs:

@@ -6,9 +6,9 @@ Behind ``python -m carafe_ultra benchmark --export``.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 from ..integration import ultralytics_model
 from ..module import CARAFE
 from ..yamls import convert_yaml
+from .timing import interleaved_seconds
 
 ARMS = ("nearest", "carafe")
 
@@ -60,13 +61,8 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 30
             runners["onnxruntime", arm] = _onnx_runner(onnx_path)
             runners["openvino", arm] = _openvino_runner(exporter.export(format="openvino", imgsz=imgsz, batch=1))
         x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-        samples: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
-        for round_ in range(repeats + 3):
-            for key, run in runners.items():  # interleaved, so drifting load hits both arms alike
-                start = time.perf_counter()
-                run(x)
-                if round_ >= 3:
-                    samples[key].append(time.perf_counter() - start)
+        samples = interleaved_seconds({key: functools.partial(run, x) for key, run in runners.items()}, repeats,
+                                      warmup=3)
     nodes = result["onnx_nodes"]
     result["nodes_added"] = nodes["carafe"]["total"] - nodes["nearest"]["total"]
     result["nodes_per_carafe"] = result["nodes_added"] / result["carafe_layers"] + 1  # each replaces one Resize

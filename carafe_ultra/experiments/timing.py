@@ -1,0 +1,30 @@
+"""Timing several implementations side by side: they take turns within each round, so whatever else the machine
+does (drifting load, thermal throttling) hits them alike."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+
+def interleaved_seconds(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int,
+                        synchronize: Callable[[], object] | None = None) -> dict[str, list[float]]:
+    """Seconds of each call of each run, ``repeats`` rounds after ``warmup`` untimed ones.
+
+    ``synchronize`` (a CUDA device's, for instance) runs before and after each timed call, so asynchronous work
+    is counted where it was launched.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(warmup + repeats):
+        for name, run in runs.items():
+            if synchronize is not None:
+                synchronize()
+            start = time.perf_counter()
+            run()
+            if synchronize is not None:
+                synchronize()
+            if round_ >= warmup:
+                samples[name].append(time.perf_counter() - start)
+    return samples
