@@ -21,6 +21,11 @@ def check_int(name: str, value: object, *, minimum: int, odd: bool = False) -> i
     return value
 
 
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an int or float, and not a bool (a flag is not a weight)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_divides(name: str, divisor: int, channels_name: str, channels: int) -> None:
     """Raise unless ``divisor`` splits ``channels`` into equal groups."""
     if channels % divisor:

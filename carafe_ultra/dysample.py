@@ -7,7 +7,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_divides, check_int
+from ._checks import check_divides, check_int, is_number
 
 
 class DySample(nn.Module):
@@ -42,7 +42,7 @@ class DySample(nn.Module):
         check_int("scale", scale, minimum=1)
         check_int("groups", groups, minimum=1)
         check_divides("groups", groups, "channels (c1)", c1)
-        if isinstance(scope, bool) or not isinstance(scope, (int, float)) or not scope > 0:
+        if not (is_number(scope) and scope > 0):
             raise ValueError(f"scope must be a positive number, got {scope!r}")
         self.c1, self.scale, self.groups, self.scope = c1, scale, groups, float(scope)
         self.offset = nn.Conv2d(c1, 2 * groups * scale**2, 1)

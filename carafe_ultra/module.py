@@ -9,7 +9,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_divides, check_int
+from ._checks import check_divides, check_int, is_number
 from .functional import carafe
 
 
@@ -63,10 +63,7 @@ class CARAFE(nn.Module):
         check_int("groups", groups, minimum=1)
         out_channels = c1 if c2 is None else c2
         check_divides("groups", groups, "output channels (c2)", out_channels)
-        if centre_weight is not None and (
-            isinstance(centre_weight, bool) or not isinstance(centre_weight, (int, float))
-            or not 1 / kernel_size**2 <= centre_weight < 1
-        ):
+        if centre_weight is not None and not (is_number(centre_weight) and 1 / kernel_size**2 <= centre_weight < 1):
             raise ValueError(
                 f"centre_weight must be None or a number in [1/kernel_size**2, 1) = [{1 / kernel_size**2:.4g}, 1), "
                 f"got {centre_weight!r}"

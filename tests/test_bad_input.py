@@ -96,6 +96,7 @@ def test_different_devices():
                                              r"= \[0.04, 1\), got 1.0"),
         ({"centre_weight": 0.01}, ValueError, r"centre_weight must be None or a number in .*got 0.01"),
         ({"centre_weight": "0.8"}, ValueError, r"centre_weight must be None or a number in .*got '0.8'"),
+        ({"centre_weight": True}, ValueError, r"centre_weight must be None or a number in .*got True"),
     ],
 )
 def test_module_bad_arguments(kwargs, error, pattern):

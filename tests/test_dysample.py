@@ -35,6 +35,7 @@ def test_learns_offsets_and_counts_parameters():
         ({"groups": 3}, ValueError, r"channels \(c1\) \(8\) must be divisible by groups \(3\)"),
         ({"scope": 0}, ValueError, "scope must be a positive number, got 0"),
         ({"scope": "x"}, ValueError, "scope must be a positive number, got 'x'"),
+        ({"scope": True}, ValueError, "scope must be a positive number, got True"),
     ],
 )
 def test_bad_arguments(kwargs, error, pattern):
