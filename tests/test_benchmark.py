@@ -1,6 +1,7 @@
 """The CPU benchmark runs end to end, and its baseline computes the same thing as the op."""
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import time
@@ -10,18 +11,22 @@ import pytest
 import torch
 
 from carafe_ultra import CARAFE
+from carafe_ultra.backends.cuda_backend import use_launcher
+from carafe_ultra.backends.kernel_types import Specialisation
 from carafe_ultra.experiments.baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
 from carafe_ultra.experiments.benchmark import (
     Case,
     PeakMemory,
     cpu_reassembly_comparison,
+    first_use_check_ms,
     format_cpu_comparison,
     format_gpu_report,
     kernel_files,
     kernel_sha256,
 )
-from carafe_ultra.experiments.timing import interleaved_seconds
+from carafe_ultra.experiments.timing import interleaved_seconds, synchronizer
 from tests.helpers import random_inputs
+from tests.host_launcher import FaultyLauncher, HostShimLauncher
 from tests.reference import carafe_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +46,22 @@ def test_interleaved_seconds_takes_turns_and_drops_the_warm_up():
     assert min(samples["b"]) >= 0.01 > max(samples["a"])
     with pytest.raises(ValueError, match="need repeats >= 1 and warmup >= 0, got 0 and 1"):
         interleaved_seconds(runs, repeats=0, warmup=1)
+
+
+def test_synchronizer_waits_for_cuda_only():
+    assert synchronizer(torch.device("cpu")) is None
+    cuda = synchronizer(torch.device("cuda", 1))
+    assert cuda.func is torch.cuda.synchronize and cuda.args == (torch.device("cuda", 1),)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ for the host shim")
+def test_first_use_check_ms_times_the_check_after_an_untimed_build(tmp_path):
+    spec = Specialisation(torch.float16, torch.float32, 5, 2)
+    with use_launcher(FaultyLauncher(HostShimLauncher(tmp_path))) as launcher:
+        ms = first_use_check_ms(spec, torch.device("cpu"), repeats=3)
+    assert ms > 0
+    # Each check runs every kernel once: one warm-up (the build) and three timed checks.
+    assert launcher.launches == {"forward": 4, "backward_masks": 4, "backward_features": 4}
 
 
 def test_peak_memory_sees_a_large_allocation():

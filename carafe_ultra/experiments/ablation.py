@@ -34,7 +34,7 @@ from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
 from ..yamls import convert_yaml
 from .data import ShapesSpec, default_cache_dir, shapes_dataset
-from .timing import interleaved_seconds
+from .timing import interleaved_seconds, synchronizer
 
 DEFAULT_ARMS = ("nearest", "carafe")
 
@@ -273,10 +273,9 @@ def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: str, 
     device = torch.device(f"cuda:{first}" if first.isdigit() else first)
     nets = {name: copy.deepcopy(network).float().eval().to(device) for name, network in networks.items()}
     x = torch.rand(1, 3, imgsz, imgsz, device=device)
-    synchronize = functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else None
     with torch.no_grad():
         timings = interleaved_seconds({name: functools.partial(net, x) for name, net in nets.items()}, repeats,
-                                      warmup=5, synchronize=synchronize)
+                                      warmup=5, synchronize=synchronizer(device))
     return {name: 1e3 * statistics.median(times) for name, times in timings.items()}
 
 

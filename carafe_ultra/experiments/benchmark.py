@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import hashlib
 import json
 import multiprocessing
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,7 +31,7 @@ from ..module import CARAFE
 from ..yamls import find_model_yaml
 from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
 from .export_cost import export_cost, format_export_cost
-from .timing import interleaved_seconds
+from .timing import interleaved_seconds, synchronizer
 
 
 @dataclass(frozen=True)
@@ -229,17 +229,13 @@ def _kernel_case(case: Case, rotate: int = 3) -> dict:
             "backward_gbs": backward_bytes / (backward_ms * 1e-3) / 1e9, "max_abs_error_vs_torch_path": error}
 
 
-def first_use_check_ms(spec: Specialisation, repeats: int = 5) -> float:
-    """Median time of the CUDA path's first-use check of ``spec`` once its kernels are compiled and cached."""
-    device = torch.device("cuda", torch.cuda.current_device())
-    first_use_check(device, spec)  # compiles (or loads from CuPy's disk cache) and loads the kernels
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        first_use_check(device, spec)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def first_use_check_ms(spec: Specialisation, device: torch.device | None = None, repeats: int = 5) -> float:
+    """Median time of the CUDA path's first-use check of ``spec`` on ``device`` (default: the current GPU) once
+    its kernels are built and loaded, which the untimed warm-up call does (or CuPy's disk cache)."""
+    device = device if device is not None else torch.device("cuda", torch.cuda.current_device())
+    samples = interleaved_seconds({"check": functools.partial(first_use_check, device, spec)}, repeats, warmup=1,
+                                  synchronize=synchronizer(device))
+    return 1e3 * statistics.median(samples["check"])
 
 
 def _module_case(name: str, module: nn.Module, case: Case, dtype: torch.dtype, rotate: int = 3) -> dict:

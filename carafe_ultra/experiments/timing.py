@@ -3,8 +3,11 @@ does (drifting load, thermal throttling) hits them alike."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
+
+import torch
 
 
 def interleaved_seconds(runs: Mapping[str, Callable[[], object]], repeats: int, warmup: int,
@@ -28,3 +31,9 @@ def interleaved_seconds(runs: Mapping[str, Callable[[], object]], repeats: int, 
             if round_ >= warmup:
                 samples[name].append(time.perf_counter() - start)
     return samples
+
+
+def synchronizer(device: torch.device) -> Callable[[], object] | None:
+    """The ``synchronize`` argument of :func:`interleaved_seconds` for work on ``device``: CUDA's (its launches
+    return before the work is done), or None where calls finish before they return."""
+    return functools.partial(torch.cuda.synchronize, device) if device.type == "cuda" else None
