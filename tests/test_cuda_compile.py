@@ -1,5 +1,6 @@
-"""Every kernel specialisation compiles through NVRTC for sm_70, sm_80 and sm_90 (no GPU or driver needed):
-every (kernel size, scale) with float32 storage, and every pair of storage types of features and masks."""
+"""Every kernel specialisation compiles through NVRTC (no GPU or driver needed): the table's variants for sm_70,
+sm_80 and sm_90, every (kernel size, scale) with float32 storage and every pair of storage types of features and
+masks; every variant of every kernel for sm_90, where ptxas also says whether its register arrays fit."""
 
 import os
 import re
@@ -9,30 +10,37 @@ import torch
 
 from carafe_ultra.backends.cupy_launcher import KERNEL_SOURCE, nvrtc_options
 from carafe_ultra.backends.kernel_types import STORAGE_TYPES, Specialisation
+from carafe_ultra.backends.kernel_variants import KERNELS, variant_sets
+from carafe_ultra.experiments import nvrtc
 
 if os.environ.get("CI"):  # CI installs the cuda12 extra: a missing CuPy there is a failure, not a skip
     import cupy  # noqa: F401
 else:
     pytest.importorskip("cupy")
-from cupy.cuda import nvrtc  # noqa: E402
+from cupy.cuda import nvrtc as cupy_nvrtc  # noqa: E402
 
-from tests import nvrtc12  # noqa: E402
-
-ENTRY_POINTS = {"carafe_forward", "carafe_backward_masks", "carafe_backward_features"}
+ENTRY_POINTS = {f"carafe_{kernel}" for kernel in KERNELS}
 SPECIALISATIONS = [Specialisation(torch.float32, torch.float32, k, s) for k in (1, 3, 5, 7, 9) for s in (1, 2, 3, 4)]
 SPECIALISATIONS += [Specialisation(f, m, 5, 2) for f in STORAGE_TYPES for m in STORAGE_TYPES if (f, m) != (torch.float32,) * 2]
+NO_SPILL_FLOATS = 150  # register arrays up to this size stay in registers (benchmarks/NOTES.md)
+EVERY_VARIANT = [Specialisation(spec.features, spec.masks, spec.kernel_size, spec.scale_factor, **table)
+                 for spec in SPECIALISATIONS for table in variant_sets()]
+PAPER_DEFAULTS = [Specialisation(torch.float32, torch.float32, 5, 2, **table) for table in variant_sets()]
 
 
 def compile_with_cupy_nvrtc(options):
-    program = nvrtc.createProgram(KERNEL_SOURCE.read_text(), "carafe.cu", [], [])
+    """What CuPy's RawModule does on a GPU: its own NVRTC bindings."""
+    program = cupy_nvrtc.createProgram(KERNEL_SOURCE.read_text(), "carafe.cu", [], [])
     try:
         try:
-            nvrtc.compileProgram(program, list(options))
-        except nvrtc.NVRTCError as error:
-            raise AssertionError(f"{error}\n{nvrtc.getProgramLog(program)}") from error
-        return nvrtc.getPTX(program) if any("compute_" in o for o in options) else nvrtc.getCUBIN(program)
+            cupy_nvrtc.compileProgram(program, list(options))
+        except cupy_nvrtc.NVRTCError as error:
+            raise AssertionError(f"{error}\n{cupy_nvrtc.getProgramLog(program)}") from error
+        if any("compute_" in o for o in options):
+            return cupy_nvrtc.getPTX(program)
+        return cupy_nvrtc.getCUBIN(program)
     finally:
-        nvrtc.destroyProgram(program)
+        cupy_nvrtc.destroyProgram(program)
 
 
 @pytest.mark.parametrize("spec", SPECIALISATIONS, ids=str)
@@ -40,22 +48,34 @@ def test_every_entry_point_is_in_the_ptx(spec):
     ptx = compile_with_cupy_nvrtc(["--gpu-architecture=compute_80", *nvrtc_options(spec)])
     ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
     assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == ENTRY_POINTS
-    assert ".local" not in ptx or spec.kernel_size > 7  # register arrays stay in registers up to k=7
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("spec", SPECIALISATIONS, ids=str)
-def test_compiles_to_sass(arch, spec):
-    cubin = compile_with_cupy_nvrtc([f"--gpu-architecture={arch}", *nvrtc_options(spec)])
+def test_compiles_to_sass_for_sm_80(spec):
+    cubin = compile_with_cupy_nvrtc(["--gpu-architecture=sm_80", *nvrtc_options(spec)])
     assert len(cubin) > 1000
 
 
-@pytest.mark.parametrize("spec", SPECIALISATIONS, ids=str)
+@pytest.mark.parametrize("spec", EVERY_VARIANT, ids=str)
+def test_every_variant_compiles_for_sm_90_with_its_arrays_in_registers(spec):
+    # ptxas reports each entry point's stack frame: a register array it could not keep in registers lives there.
+    lib = nvrtc.load(13) or nvrtc.load(12)
+    program = nvrtc.compile_program(lib, KERNEL_SOURCE.read_text(),
+                                    ["--gpu-architecture=sm_90", "--ptxas-options=--verbose", *nvrtc_options(spec)])
+    assert len(program.binary) > 1000
+    frames = dict(re.findall(r"Function properties for (\w+)\s+ptxas\s+\.\s+(\d+) bytes stack frame", program.log))
+    assert set(frames) == ENTRY_POINTS
+    for kernel in KERNELS:
+        if spec.variant(kernel).register_floats(spec.kernel_size, spec.scale_factor) <= NO_SPILL_FLOATS:
+            assert frames[f"carafe_{kernel}"] == "0", kernel
+
+
+@pytest.mark.parametrize("spec", SPECIALISATIONS + PAPER_DEFAULTS[1:], ids=str)
 def test_compiles_for_volta_with_cuda12_nvrtc(spec):
-    lib = nvrtc12.load()
+    lib = nvrtc.load(12)
     if lib is None:
         if os.environ.get("CI"):
             pytest.fail("nvidia-cuda-nvrtc-cu12 (cuda12 extra) is missing: sm_70 cannot be checked")
         pytest.skip("needs nvidia-cuda-nvrtc-cu12 for sm_70")
-    cubin = nvrtc12.compile_cubin(lib, KERNEL_SOURCE.read_text(), ["--gpu-architecture=sm_70", *nvrtc_options(spec)])
-    assert len(cubin) > 1000
+    program = nvrtc.compile_program(lib, KERNEL_SOURCE.read_text(), ["--gpu-architecture=sm_70", *nvrtc_options(spec)])
+    assert len(program.binary) > 1000

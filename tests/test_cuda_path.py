@@ -16,6 +16,7 @@ from carafe_ultra import CARAFE, carafe
 from carafe_ultra.backends import BACKEND_VARIABLE, carafe_cuda, select_backend
 from carafe_ultra.backends.cuda_backend import carafe_backward, carafe_forward, use_launcher
 from carafe_ultra.backends.cupy_launcher import CupyLauncher, cupy_importable
+from carafe_ultra.backends.kernel_variants import SELECTED, variant_sets
 from carafe_ultra.backends.torch_backend import carafe_torch
 from tests.helpers import SHAPES, random_inputs
 from tests.host_launcher import FaultyLauncher, HostShimLauncher
@@ -162,6 +163,22 @@ def test_autocast_hands_mixed_dtypes_to_the_kernels_unconverted(path):
     torch.testing.assert_close(out.float(), module(x), rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.parametrize("table", variant_sets(), ids=lambda t: "-".join(t.values()))
+def test_the_table_picks_the_variants_and_the_first_use_check_covers_them(path, table, monkeypatch):
+    device, launcher = path
+    for kernel, name in table.items():
+        monkeypatch.setitem(SELECTED, kernel, name)
+    features, masks = inputs(SHAPES[1], device)
+    out = carafe(features, masks, 5, 3, 3)
+    grads = torch.autograd.grad(out, (features, masks), torch.ones_like(out))
+    ran = {f"{kernel}_{name}" for kernel, name in table.items()}
+    assert set(launcher.variants) == ran and len(launcher.variants) == 6  # the check's three launches, then ours
+    f64, m64 = (t.detach().cpu().double().requires_grad_() for t in (features, masks))
+    want = carafe_reference(f64, m64, 5, 3, 3)
+    for got, expected in zip((out, *grads), (want, *torch.autograd.grad(want, (f64, m64), torch.ones_like(want)))):
+        torch.testing.assert_close(got.cpu().double(), expected.detach(), rtol=1e-4, atol=1e-4)
+
+
 def test_first_use_check_runs_once_per_specialisation(path):
     device, launcher = path
     features, masks = inputs(SHAPES[0], device, requires_grad=False)
@@ -189,7 +206,8 @@ def test_a_failing_specialisation_warns_once_and_runs_the_pytorch_path(path, fau
         out = carafe(features, masks, 3, 1, 2)
     (warning,) = caught
     message = str(warning.message)
-    assert f"the CUDA kernels failed for features float32, masks float32, kernel_size 3, scale_factor 2 on {device}" in message
+    assert (f"the CUDA kernels failed for features float32, masks float32, kernel_size 3, scale_factor 2 (variants: "
+            f"forward pixel, backward_masks pixel, backward_features gather) on {device}") in message
     assert pytest.importorskip("re").search(FAULTS[fault], message)
     assert "runs the PyTorch path for the rest of the process" in message and "CARAFE_ULTRA_BACKEND=torch" in message
     # The user's results are the PyTorch path's.
@@ -219,7 +237,8 @@ def test_forcing_the_kernels_turns_a_failure_into_an_error(path, fault, monkeypa
     features, masks = inputs(SHAPES[0], device, requires_grad=False)
     for _ in range(2):  # every call, not just the first
         with pytest.raises(RuntimeError, match=r"CARAFE_ULTRA_BACKEND=cupy, but the CUDA kernels failed for "
-                                               r"features float32, masks float32, kernel_size 3, scale_factor 2"):
+                                               r"features float32, masks float32, kernel_size 3, scale_factor 2 "
+                                               r"\(variants: forward pixel"):
             carafe(features, masks, 3, 1, 2)
 
 

@@ -27,11 +27,9 @@ from torch import Tensor
 from .choice import backend_choice
 from .cupy_launcher import CupyLauncher
 from .kernel_types import STORAGE_TYPES, KernelError, Launcher, Specialisation
+from .kernel_variants import THREADS_PER_BLOCK, variants_for
 from .torch_backend import reassemble, reassemble_backward
 
-THREADS_PER_BLOCK = 128
-# Channels per thread in the forward kernel: fewer means more threads (parallelism) and more mask re-reads.
-FORWARD_CHANNEL_CHUNK = 64
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_Y = 65535
 SUPPORTED_DTYPES = tuple(STORAGE_TYPES)
@@ -79,47 +77,48 @@ def carafe_cuda(features: Tensor, masks: Tensor, kernel_size: int, group_size: i
     return carafe_forward(features, masks, kernel_size, group_size, scale_factor)
 
 
-def launch_geometry(name: str, shape: tuple[int, int, int, int], group_size: int, scale_factor: int) -> tuple[int, int, tuple[int, ...]]:
-    """(threads, grid_y, trailing int args) of one kernel launch for features of ``shape`` (N, C, H, W)."""
-    n, channels, height, width = shape
-    dims = (n, channels, height, width, group_size)
-    if name == "backward_features":
-        return n * channels * height * width, 1, dims
-    pixels = n * group_size * height * width * scale_factor**2
-    if name == "backward_masks":
-        return pixels, 1, dims
-    per_group = channels // group_size
-    chunks = max(1, -(-per_group // FORWARD_CHANNEL_CHUNK))
-    return pixels, chunks, (*dims, -(-per_group // chunks))
-
-
-def _launch(spec: Specialisation, name: str, features: Tensor, group_size: int, *tensors: Tensor) -> None:
-    """Run ``carafe_<name>`` on ``tensors`` for these features, through the current launcher."""
-    threads, grid_y, sizes = launch_geometry(name, tuple(features.shape), group_size, spec.scale_factor)
+def launch(spec: Specialisation, kernel: str, shape: tuple[int, int, int, int], group_size: int,
+           *tensors: Tensor) -> None:
+    """Run ``kernel`` (the variant ``spec`` builds) on ``tensors``, its three pointer arguments, for features of
+    ``shape``, through the current launcher."""
+    threads, grid_y, sizes = spec.variant(kernel).geometry(shape, group_size, spec.scale_factor)
     if threads == 0:
         return
     blocks = -(-threads // THREADS_PER_BLOCK)
     if blocks > MAX_GRID_X or grid_y > MAX_GRID_Y:
         raise KernelError("launch", f"input too large for one launch ({blocks} x {grid_y} blocks of {THREADS_PER_BLOCK})")
-    _launcher.launch(spec, name, (blocks, grid_y), THREADS_PER_BLOCK, (*tensors, *sizes))
+    _launcher.launch(spec, kernel, (blocks, grid_y), THREADS_PER_BLOCK, (*tensors, *sizes))
 
 
-def _kernel_forward(spec: Specialisation, features: Tensor, masks: Tensor, group_size: int) -> Tensor:
+def run_forward(spec: Specialisation, features: Tensor, masks: Tensor, group_size: int) -> Tensor:
+    """The forward kernel's output, on contiguous inputs."""
     n, channels, height, width = features.shape
     out = features.new_empty(n, channels, height * spec.scale_factor, width * spec.scale_factor)
-    _launch(spec, "forward", features, group_size, features, masks, out)
+    launch(spec, "forward", tuple(features.shape), group_size, features, masks, out)
     return out
+
+
+def run_backward_masks(spec: Specialisation, grad_out: Tensor, features: Tensor, masks: Tensor,
+                       group_size: int) -> Tensor:
+    """The masks' gradient (in the masks' dtype) from the backward_masks kernel."""
+    grad_masks = torch.empty_like(masks)
+    launch(spec, "backward_masks", tuple(features.shape), group_size, grad_out, features, grad_masks)
+    return grad_masks
+
+
+def run_backward_features(spec: Specialisation, grad_out: Tensor, features: Tensor, masks: Tensor,
+                          group_size: int) -> Tensor:
+    """The features' gradient (in the features' dtype) from the backward_features kernel; of ``features`` only the
+    shape and dtype matter."""
+    grad_features = torch.empty_like(features)
+    launch(spec, "backward_features", tuple(features.shape), group_size, grad_out, masks, grad_features)
+    return grad_features
 
 
 def _kernel_backward(spec: Specialisation, grad_out: Tensor, features: Tensor, masks: Tensor, group_size: int,
                      need_features: bool, need_masks: bool) -> tuple[Tensor | None, Tensor | None]:
-    grad_features = grad_masks = None
-    if need_masks:
-        grad_masks = torch.empty_like(masks)
-        _launch(spec, "backward_masks", features, group_size, grad_out, features, grad_masks)
-    if need_features:
-        grad_features = torch.empty_like(features)
-        _launch(spec, "backward_features", features, group_size, grad_out, masks, grad_features)
+    grad_masks = run_backward_masks(spec, grad_out, features, masks, group_size) if need_masks else None
+    grad_features = run_backward_features(spec, grad_out, features, masks, group_size) if need_features else None
     return grad_features, grad_masks
 
 
@@ -134,7 +133,7 @@ def first_use_check(device: torch.device, spec: Specialisation) -> str | None:
     inputs = (features.to(device, spec.features), logits.softmax(2).flatten(1, 2).to(device, spec.masks),
               grad_out.to(device, spec.features))
     try:
-        out = _kernel_forward(spec, inputs[0], inputs[1], groups)
+        out = run_forward(spec, inputs[0], inputs[1], groups)
         grad_features, grad_masks = _kernel_backward(spec, inputs[2], inputs[0], inputs[1], groups, True, True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # an asynchronous launch failure surfaces here
@@ -203,7 +202,9 @@ def _kernels_or_torch(device: torch.device, spec: Specialisation, kernels: Calla
 
 
 def _specialisation(features: Tensor, masks: Tensor, kernel_size: int, scale_factor: int) -> Specialisation:
-    return Specialisation(features.dtype, masks.dtype, kernel_size, scale_factor)
+    """The module these inputs run: their dtypes, the window, the scale and the table's variants for their size."""
+    variants = variants_for(tuple(features.shape), kernel_size, scale_factor)
+    return Specialisation(features.dtype, masks.dtype, kernel_size, scale_factor, **variants)
 
 
 @torch.library.custom_op("carafe_ultra::carafe_forward", mutates_args=())
@@ -212,7 +213,7 @@ def carafe_forward(features: Tensor, masks: Tensor, kernel_size: int, group_size
     spec = _specialisation(features, masks, kernel_size, scale_factor)
     return _kernels_or_torch(
         features.device, spec,
-        lambda: _kernel_forward(spec, features, masks, group_size),
+        lambda: run_forward(spec, features, masks, group_size),
         lambda: reassemble(features, masks, kernel_size, group_size, scale_factor),
     )
 
