@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py
+
+# Every GPU check (tests, compute-sanitizer, kernel variants, modules, training steps, TensorRT) in one run; the
+# report lands in benchmarks/results/gpu-check.{json,md,log}. Without a GPU it says so and fails.
+gpu-check: $(STAMP)
+	$(PY) -m carafe_ultra gpu-check --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,13 +4,14 @@
     python -m carafe_ultra convert MODEL [-o DIR]  write MODEL with CARAFE in place of nn.Upsample; print the path
     python -m carafe_ultra ablate [...]            train with each upsampler and compare (scripts/ablate.py)
     python -m carafe_ultra benchmark [...]         side-by-side speed and memory (scripts/benchmark.py)
+    python -m carafe_ultra gpu-check [--dry-run]   every GPU check in one run, one report (make gpu-check)
 """
 
 from __future__ import annotations
 
 import argparse
 
-from .experiments import ablation, benchmark
+from .experiments import ablation, benchmark, gpu_check
 from .yamls import carafe_yaml, model_dir, model_yaml
 
 
@@ -46,7 +47,8 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--out-dir", dest="out_dir", default=None, help="folder to write to (default: .)")
     convert.set_defaults(run=_convert, error=convert.error)
     for name, tool, summary in (("ablate", ablation, "train with each upsampler and compare them"),
-                                ("benchmark", benchmark, "side-by-side speed and memory measurements")):
+                                ("benchmark", benchmark, "side-by-side speed and memory measurements"),
+                                ("gpu-check", gpu_check, "every check that needs a GPU, in one run and one report")):
         command = commands.add_parser(name, help=summary, description=tool.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         tool.add_arguments(command)

@@ -11,8 +11,6 @@ import json
 import re
 from pathlib import Path
 
-import yaml
-
 from .integration import conv_like_modules, yaml_module_class
 from .upsamplers import UPSAMPLERS, row_scale, upsampler
 
@@ -95,6 +93,8 @@ def convert_yaml(
     its shape at every model scale. ``options`` sets keyword arguments of our modules in every row, e.g.
     ``{"kernel_size": 3}`` (the file name does not show them). See :func:`carafe_yaml` for the other arguments.
     """
+    import yaml  # here, not at the top: the GPU check runs on machines without PyYAML
+
     entry = upsampler(upsampler_name)
     source = find_model_yaml(model)
     text = source.read_text()
@@ -147,6 +147,8 @@ def _input_channels(rows: list, index: int) -> int:
 def _rewrite_rows(text: str, source: Path, rows: list, backbone_rows: int, new_rows: dict[int, list]) -> str:
     """``text`` (which parses to ``rows``) with the rows at the indices of ``new_rows`` replaced, everything else
     (comments included) as it was."""
+    import yaml
+
     lines = text.splitlines(keepends=True)
     section, counts = None, {"backbone": 0, "head": 0}
     for number, line in enumerate(lines):

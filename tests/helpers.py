@@ -1,14 +1,6 @@
-"""Inputs shared by the tests."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""Tensor inputs shared by the tests (torch only: the GPU tests import this on machines without Ultralytics)."""
 
 import torch
-import ultralytics
-
-from carafe_ultra.experiments.data import ShapesSpec, shapes_dataset
 
 # (n, channels, height, width, kernel, groups, scale): odd, non-square, tiny (every pixel a border), grouped.
 SHAPES = [
@@ -21,9 +13,6 @@ SHAPES = [
     (2, 3, 9, 2, 3, 3, 4),
 ]
 
-# A detection set small enough to train on for an epoch in seconds.
-TINY_SHAPES = ShapesSpec(train_images=8, val_images=4, image_size=64, objects=(2, 5), object_size=(8, 20))
-
 
 def random_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch.float64, requires_grad=False):
     """Features and softmax-normalised masks for one CARAFE call."""
@@ -31,37 +20,3 @@ def random_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch
     logits = torch.randn(n, groups, kernel * kernel, height * scale, width * scale, dtype=dtype)
     masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, height * scale, width * scale)
     return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)
-
-
-def tiny_dataset(root: Path) -> str:
-    """The tiny generated detection set under ``root``; the path of its data.yaml."""
-    return str(shapes_dataset(TINY_SHAPES, root=root))
-
-
-STOCK_MODELS = Path(ultralytics.__file__).parent / "cfg" / "models"
-# Each shipped YAML and the stock Ultralytics file it is converted from.
-SHIPPED_FROM = {
-    "rtdetr-l-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-l.yaml",
-    "rtdetr-x-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-x.yaml",
-    "rtdetr-resnet50-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-resnet50.yaml",
-    "rtdetr-resnet101-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-resnet101.yaml",
-    "yolov8-carafe.yaml": STOCK_MODELS / "v8" / "yolov8.yaml",
-    "yolo11-carafe.yaml": STOCK_MODELS / "11" / "yolo11.yaml",
-    "yolo12-carafe.yaml": STOCK_MODELS / "12" / "yolo12.yaml",
-    "yolo26-carafe.yaml": STOCK_MODELS / "26" / "yolo26.yaml",
-}
-
-
-YOLO_CLI = str(Path(sys.executable).with_name("yolo"))
-ENV = {**os.environ, "YOLO_OFFLINE": "1"}
-# What every training, validation and export in the tests shares: tiny, on the CPU, quiet.
-COMMON = dict(imgsz=64, batch=4, device="cpu", workers=0, plots=False, exist_ok=True, seed=0)
-
-
-def yolo(mode: str, cwd: Path, env: dict | None = None, **kwargs) -> str:
-    """Run the real ``yolo`` command line with COMMON and ``kwargs`` as key=value arguments; its output."""
-    arguments = [f"{k}={v}" for k, v in {**COMMON, **kwargs}.items()]
-    run = subprocess.run([YOLO_CLI, mode, *arguments], cwd=cwd, env={**ENV, **(env or {})}, capture_output=True,
-                         text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    return run.stdout + run.stderr

@@ -24,7 +24,7 @@ from carafe_ultra.experiments.ablation import (
 )
 from carafe_ultra.integration import ultralytics_model
 from carafe_ultra.upsamplers import UPSAMPLERS
-from tests.helpers import tiny_dataset
+from tests.ultralytics_helpers import tiny_dataset
 
 UPSAMPLER_TYPES = {"nearest": torch.nn.Upsample, "bilinear": torch.nn.Upsample, "carafe": CARAFE,
                    "convtranspose": torch.nn.ConvTranspose2d, "dysample": DySample}
@@ -208,13 +208,15 @@ def test_bad_settings_fail_before_training(overrides, error, pattern):
 def test_default_data_keeps_pixels_and_objects_per_split():
     from carafe_ultra.experiments.data import ShapesSpec
 
+    from carafe_ultra.experiments import data
+
     captured = []
-    original = ablation.shapes_dataset
+    original = data.shapes_dataset
     try:
-        ablation.shapes_dataset = lambda spec: captured.append(spec) or "data.yaml"
+        data.shapes_dataset = lambda spec: captured.append(spec) or "data.yaml"
         default_data(160), default_data(320, seed=1)
     finally:
-        ablation.shapes_dataset = original
+        data.shapes_dataset = original
     assert captured[0] == ShapesSpec()
     assert (captured[1].train_images, captured[1].val_images, captured[1].image_size) == (64, 16, 320)
     assert captured[1].objects == (16, 48) and captured[1].seed == 1

@@ -1,6 +1,7 @@
 """The CUDA path on a real GPU (skipped without one), beyond what tests/test_cuda_path.py runs there too:
 large shapes against the PyTorch path, determinism, layouts, streams, devices, memory, and a GPU without CuPy.
-Run on a lent GPU with `python -m pytest tests/test_cuda_gpu.py tests/test_cuda_path.py`."""
+Run them on a CUDA machine with `python -m carafe_ultra gpu-check` (or `python -m pytest tests/test_cuda_gpu.py
+tests/test_cuda_path.py`)."""
 
 import gc
 

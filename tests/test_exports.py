@@ -22,7 +22,7 @@ from ultralytics.nn.autobackend import AutoBackend
 
 from carafe_ultra import convert_yaml, model_yaml
 from carafe_ultra.integration import ultralytics_model
-from tests.helpers import tiny_dataset, yolo
+from tests.ultralytics_helpers import tiny_dataset, yolo
 
 BOX_TOLERANCE = 0.5  # pixels
 SCORE_TOLERANCE = 0.01

@@ -17,8 +17,8 @@ from ultralytics.utils.torch_utils import get_flops, get_num_params
 import carafe_ultra
 from carafe_ultra import CARAFE, DySample, carafe_yaml, model_yaml
 from carafe_ultra.integration import UnsupportedUltralyticsError, _parse_model_with_ours, ultralytics_model
-from tests.helpers import SHIPPED_FROM as SHIPPED
-from tests.helpers import STOCK_MODELS
+from tests.ultralytics_helpers import SHIPPED_FROM as SHIPPED
+from tests.ultralytics_helpers import STOCK_MODELS
 
 
 def upsample_rows(path):

@@ -12,7 +12,7 @@ import torch
 from ultralytics import RTDETR, YOLO
 
 from carafe_ultra import CARAFE, model_yaml
-from tests.helpers import COMMON, ENV, YOLO_CLI, tiny_dataset, yolo
+from tests.ultralytics_helpers import COMMON, ENV, YOLO_CLI, tiny_dataset, yolo
 
 
 def carafe_count(model):

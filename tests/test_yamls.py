@@ -10,8 +10,8 @@ import yaml
 
 from carafe_ultra import carafe_yaml, convert_yaml, model_dir, model_yaml
 from carafe_ultra.yamls import find_model_yaml
-from tests.helpers import SHIPPED_FROM
-from tests.helpers import STOCK_MODELS as STOCK
+from tests.ultralytics_helpers import SHIPPED_FROM
+from tests.ultralytics_helpers import STOCK_MODELS as STOCK
 
 
 def rows(path):

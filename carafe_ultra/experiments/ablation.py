@@ -33,7 +33,6 @@ from ..integration import ultralytics_model
 from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
 from ..yamls import convert_yaml
-from .data import ShapesSpec, default_cache_dir, shapes_dataset
 from .timing import interleaved_seconds, synchronizer
 
 DEFAULT_ARMS = ("nearest", "carafe")
@@ -125,6 +124,8 @@ def default_data(imgsz: int, seed: int = 0) -> str:
     """The generated shapes set for this image size: at 160 px 256 training and 64 validation images with 4-12
     objects each; at other sizes the same pixels and objects per split, in fewer, larger images (objects keep
     their pixel sizes, so only the field of view grows). Another ``seed`` draws other scenes."""
+    from .data import ShapesSpec, shapes_dataset  # OpenCV draws them: imported where data is made
+
     area = (imgsz / 160) ** 2
     spec = ShapesSpec(train_images=max(4, round(256 / area)), val_images=max(2, round(64 / area)), image_size=imgsz,
                       objects=(round(4 * area), round(12 * area)), seed=seed)
@@ -135,6 +136,8 @@ def pretrained_base(settings: Settings, log: Callable[[str], None] = print) -> s
     """A base checkpoint to fine-tune every arm from, as users start from COCO weights: the family with nearest
     upsampling, trained for ``settings.pretrain_epochs`` epochs on generated scenes that are not the ablation's
     (seed 1). Trained once and cached (``CARAFE_ULTRA_CACHE``); returns the path of its best.pt."""
+    from .data import default_cache_dir
+
     base = Settings(**{**asdict(settings), "pretrain_epochs": 0, "weights": None, "mask_lr_scale": 1.0,
                        "epochs": settings.pretrain_epochs, "arms": ["nearest"], "seeds": [0]})
     where_not_what = ("out", "data", "device", "workers", "jobs", "arms", "seeds")  # how it runs, not what it learns

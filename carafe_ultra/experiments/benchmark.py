@@ -21,17 +21,28 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..backends.cuda_backend import carafe_backward, carafe_forward, first_use_check
+from ..backends import kernel_variants
+from ..backends.cuda_backend import (
+    carafe_backward,
+    carafe_forward,
+    first_use_check,
+    run_backward_features,
+    run_backward_masks,
+    run_forward,
+)
 from ..backends.cupy_launcher import KERNEL_SOURCE
 from ..backends.kernel_types import Specialisation
-from ..backends.torch_backend import carafe_torch
+from ..backends.kernel_variants import VARIANTS
+from ..backends.torch_backend import carafe_torch, carafe_traceable, reassemble, reassemble_backward
 from ..dysample import DySample
 from ..functional import carafe
 from ..module import CARAFE
 from ..yamls import find_model_yaml
 from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
 from .export_cost import export_cost, format_export_cost
-from .timing import interleaved_seconds, synchronizer
+from .kernel_budget import Budget, budget_report, min_bytes_per_output
+from .kernel_budget import markdown as budget_markdown
+from .timing import interleaved_seconds, median_ms, synchronizer
 
 
 @dataclass(frozen=True)
@@ -166,13 +177,19 @@ def format_cpu_comparison(result: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# GPU: kernel bandwidth against the device's own copy bandwidth, and module speed against the rivals.
+# GPU: kernel bandwidth against the device's own copy bandwidth, every kernel variant, and module speed against the
+# rivals. Each function takes the device; on a CPU (with the host shim as the CUDA path's launcher) the same code
+# runs on the small cases, which is how ``gpu-check --dry-run`` proves it before a GPU sees it.
 
 GPU_REFERENCE = Case(n=16, channels=256, height=40, width=40, kernel=5, scale=2)  # RT-DETR-l P4 -> P3, batch 16
+SMALL_REFERENCE = Case(n=1, channels=8, height=6, width=5, kernel=5, scale=2)  # the same code, on a CPU
+# What a dtype pair is called in the reports: features, then masks where they differ (what AMP hands over).
+PAIRS = (("float16", None), ("float32", None), ("bfloat16", None), ("float16", "float32"))
 
 
 def kernel_files() -> list[Path]:
-    return [KERNEL_SOURCE]
+    """The files that decide what the kernels compute and which variant runs."""
+    return [KERNEL_SOURCE, Path(kernel_variants.__file__)]
 
 
 def kernel_sha256(files: list[Path]) -> str:
@@ -182,51 +199,116 @@ def kernel_sha256(files: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def cuda_median_ms(fn: Callable[[int], object], repeats: int = 50, warmup: int = 10, rotate: int = 1) -> float:
-    """Median CUDA-event time of ``fn(i)``, ``i`` cycling through ``rotate`` input sets (so L2 does not serve them)."""
-    for i in range(warmup):
-        fn(i % rotate)
-    torch.cuda.synchronize()
-    times = []
-    for i in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(i % rotate)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
-def copy_bandwidth_gbs(mib: int = 1024) -> float:
+def copy_bandwidth_gbs(device: torch.device, mib: int = 1024) -> float:
     """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
-    source = torch.empty(mib * 2**20, dtype=torch.uint8, device="cuda").random_()
+    source = torch.empty(mib * 2**20, dtype=torch.uint8, device=device).random_()
     target = torch.empty_like(source)
-    ms = cuda_median_ms(lambda _: target.copy_(source), repeats=20)
+    ms = median_ms(lambda _: target.copy_(source), device, repeats=20)
     return 2 * source.numel() / (ms * 1e-3) / 1e9
 
 
-def _kernel_case(case: Case, rotate: int = 3) -> dict:
-    sets = [case.inputs("cuda") for _ in range(rotate)]
-    for i, (features, masks) in enumerate(sets):  # distinct data per set
+def _input_sets(case: Case, device: torch.device, rotate: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``rotate`` distinct (features, masks, grad_out) sets of ``case`` on ``device``."""
+    sets = []
+    for i in range(rotate):
+        features, masks = case.inputs(str(device))
         features.add_(i)
-    features, masks = sets[0]
-    grads = [torch.randn(case.n, case.channels, case.height * case.scale, case.width * case.scale,
-                         device="cuda", dtype=features.dtype) for _ in range(rotate)]
-    forward_ms = cuda_median_ms(lambda i: carafe_forward(*sets[i], case.kernel, 1, case.scale), rotate=rotate)
-    backward_ms = cuda_median_ms(lambda i: carafe_backward(grads[i], *sets[i], case.kernel, 1, case.scale, True, True),
-                                 rotate=rotate)
-    feature_bytes, mask_bytes = features.numel() * features.element_size(), masks.numel() * masks.element_size()
-    out_bytes = grads[0].numel() * features.element_size()
-    forward_bytes = feature_bytes + mask_bytes + out_bytes  # read features and masks, write the output
-    backward_bytes = out_bytes + 2 * feature_bytes + 2 * mask_bytes  # read grad_out, f, m; write both gradients
-    # Sanity: the kernels agree with the PyTorch path on this very case.
+        grad_out = torch.randn(case.n, case.channels, case.height * case.scale, case.width * case.scale,
+                               device=device).to(features.dtype)
+        sets.append((features, masks, grad_out))
+    return sets
+
+
+def _case_bytes(case: Case, kernel: str) -> int:
+    """The fewest bytes ``kernel`` moves on ``case`` (each input read once, each output written once)."""
+    dtypes = getattr(torch, case.dtype), getattr(torch, case.mask_dtype or case.dtype)
+    feature_bytes, mask_bytes = (torch.empty(0, dtype=d).element_size() for d in dtypes)
+    outputs = case.n * case.channels * case.height * case.width * case.scale**2
+    shape = {"channels": case.channels, "groups": 1, "kernel": case.kernel, "scale": case.scale}
+    return round(outputs * min_bytes_per_output(kernel, shape, feature_bytes, mask_bytes))
+
+
+def _kernel_case(case: Case, device: torch.device, repeats: int, rotate: int = 3) -> dict:
+    """The table's kernels (through the CUDA path's custom ops) on ``case``: times, bandwidth, and their error
+    against the PyTorch path."""
+    sets = _input_sets(case, device, rotate)
+    forward_ms = median_ms(lambda i: carafe_forward(*sets[i][:2], case.kernel, 1, case.scale), device, repeats,
+                           rotate=rotate)
+    backward_ms = median_ms(lambda i: carafe_backward(sets[i][2], *sets[i][:2], case.kernel, 1, case.scale, True,
+                                                      True), device, repeats, rotate=rotate)
+    forward_bytes = _case_bytes(case, "forward")
+    backward_bytes = _case_bytes(case, "backward_masks") + _case_bytes(case, "backward_features")
+    features, masks, _ = sets[0]
     error = (carafe(features, masks, case.kernel, 1, case.scale).float()
              - carafe_torch(features.float(), masks.float(), case.kernel, 1, case.scale)).abs().max().item()
     return {"case": asdict(case), "forward_ms": forward_ms, "backward_ms": backward_ms,
             "forward_bytes": forward_bytes, "backward_bytes": backward_bytes,
             "forward_gbs": forward_bytes / (forward_ms * 1e-3) / 1e9,
             "backward_gbs": backward_bytes / (backward_ms * 1e-3) / 1e9, "max_abs_error_vs_torch_path": error}
+
+
+def _yardsticks(kernel: str, case: Case, compile_backend: str) -> dict[str, Callable]:
+    """The PyTorch path (what a fallback runs) and the plain ops of the export path under torch.compile (Inductor
+    fuses the taps), computing what ``kernel`` computes: each a function of (features, masks, grad_out). A gradient
+    yardstick times the backward pass alone: its graph is built once per input set."""
+    k, s = case.kernel, case.scale
+    traceable = torch.compile(functools.partial(carafe_traceable, kernel_size=k, group_size=1, scale_factor=s),
+                              backend=compile_backend, dynamic=False)
+    graphs: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def compiled(features: Tensor, masks: Tensor, grad_out: Tensor) -> Tensor:
+        if kernel == "forward":
+            with torch.no_grad():
+                return traceable(features, masks)
+        if features.data_ptr() not in graphs:
+            wanted = (masks if kernel == "backward_masks" else features).detach().requires_grad_()
+            out = traceable(features, wanted) if kernel == "backward_masks" else traceable(wanted, masks)
+            graphs[features.data_ptr()] = out, wanted
+        out, wanted = graphs[features.data_ptr()]
+        return torch.autograd.grad(out, wanted, grad_out, retain_graph=True)[0]
+
+    def eager(features: Tensor, masks: Tensor, grad_out: Tensor) -> Tensor:
+        if kernel == "forward":
+            return reassemble(features, masks, k, 1, s)
+        grads = reassemble_backward(grad_out, features, masks, k, 1, s, kernel == "backward_features",
+                                    kernel == "backward_masks")
+        return grads[0] if kernel == "backward_features" else grads[1]
+
+    return {"torch": eager, "torch_compile": compiled}
+
+
+_KERNEL_RUNS = {"forward": lambda spec, f, m, go: run_forward(spec, f, m, 1),
+                "backward_masks": lambda spec, f, m, go: run_backward_masks(spec, go, f, m, 1),
+                "backward_features": lambda spec, f, m, go: run_backward_features(spec, go, f, m, 1)}
+
+
+def variant_timings(case: Case, device: torch.device, repeats: int, compile_backend: str = "inductor",
+                    rotate: int = 3) -> dict[str, list[dict]]:
+    """Every variant of every kernel on ``case``, and the PyTorch yardsticks, timed on the same inputs: kernel ->
+    [{variant, ms, gbs, bandwidth ... }]. Each result's largest error against the PyTorch path in float64 comes with
+    it (a wrong variant shows there, not as a fast time)."""
+    sets = _input_sets(case, device, rotate)
+    dtypes = getattr(torch, case.dtype), getattr(torch, case.mask_dtype or case.dtype)
+    f64, m64, g64 = (t.double() for t in sets[0])
+    want = {"forward": reassemble(f64, m64, case.kernel, 1, case.scale),
+            **dict(zip(("backward_features", "backward_masks"),
+                       reassemble_backward(g64, f64, m64, case.kernel, 1, case.scale, True, True)))}
+    results: dict[str, list[dict]] = {}
+    for kernel, names in VARIANTS.items():
+        nbytes = _case_bytes(case, kernel)
+        runs = {name: functools.partial(_KERNEL_RUNS[kernel],
+                                        Specialisation(*dtypes, case.kernel, case.scale, **{kernel: name}))
+                for name in names}
+        runs.update(_yardsticks(kernel, case, compile_backend))
+        entries = []
+        for name, run in runs.items():
+            got = run(*sets[0])
+            error = (got.double() - want[kernel]).abs().max().item()
+            ms = median_ms(lambda i, run=run: run(*sets[i]), device, repeats, rotate=rotate)
+            entries.append({"variant": name, "ms": ms, "gbs": nbytes / (ms * 1e-3) / 1e9, "bytes": nbytes,
+                            "max_abs_error": error})
+        results[kernel] = entries
+    return results
 
 
 def first_use_check_ms(spec: Specialisation, device: torch.device | None = None, repeats: int = 5) -> float:
@@ -238,63 +320,82 @@ def first_use_check_ms(spec: Specialisation, device: torch.device | None = None,
     return 1e3 * statistics.median(samples["check"])
 
 
-def _module_case(name: str, module: nn.Module, case: Case, dtype: torch.dtype, rotate: int = 3) -> dict:
-    module = module.to("cuda")
-    inputs = [torch.randn(case.n, case.channels, case.height, case.width, device="cuda", requires_grad=True)
+def kernel_report(device: torch.device, repeats: int = 50, compile_backend: str = "inductor") -> dict:
+    """Copy bandwidth, the table's kernels on the reference case in every dtype pair (and three more shapes in
+    float16), every variant on the reference case in float16 and float32, and the first-use check's cost. On a CPU,
+    the same on the small cases."""
+    small = device.type != "cuda"
+    reference = SMALL_REFERENCE if small else GPU_REFERENCE
+    extras = () if small else (Case(n=16, channels=256, height=80, width=80, kernel=5, scale=2),
+                               Case(n=16, channels=256, height=20, width=20, kernel=3, scale=2),
+                               Case(n=8, channels=128, height=40, width=40, kernel=7, scale=4))
+    cases = [_kernel_case(replace(reference, dtype=f, mask_dtype=m), device, repeats) for f, m in PAIRS]
+    cases += [_kernel_case(replace(extra, dtype="float16"), device, repeats) for extra in extras]
+    variants = {dtype: variant_timings(replace(reference, dtype=dtype), device, repeats, compile_backend)
+                for dtype in ("float16", "float32")}
+    return {"copy_bandwidth_gbs": copy_bandwidth_gbs(device, 64 if small else 1024),
+            "first_use_check_ms": first_use_check_ms(Specialisation(torch.float16, torch.float32, 5, 2), device),
+            "cases": cases, "variants": variants}
+
+
+def _module_case(name: str, module: nn.Module, case: Case, dtype: torch.dtype, device: torch.device, repeats: int,
+                 rotate: int = 3) -> dict:
+    module = module.to(device)
+    inputs = [torch.randn(case.n, case.channels, case.height, case.width, device=device, requires_grad=True)
               for _ in range(rotate)]
 
     def step(i: int) -> None:
-        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = module(inputs[i])
         out.float().sum().backward()
 
-    ms = cuda_median_ms(step, rotate=rotate)
+    ms = median_ms(step, device, repeats, rotate=rotate)
     return {"module": name, "case": {**asdict(case), "dtype": str(dtype).replace("torch.", "")}, "forward_backward_ms": ms}
 
 
-def gpu_report() -> dict:
-    """Everything ``scripts/benchmark.py --gpu`` measures, as one JSON-ready dict."""
+def module_report(device: torch.device, repeats: int = 50) -> list[dict]:
+    """CARAFE's module against the unfold + matmul formulation (same weights) and DySample, forward + backward,
+    float32 and under autocast (float16 on a GPU, bfloat16 on a CPU) on the reference case."""
+    case = SMALL_REFERENCE if device.type != "cuda" else GPU_REFERENCE
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    results = []
+    for dtype in (torch.float32, half):
+        ours = CARAFE(case.channels, kernel_size=case.kernel, compressed_channels=64)
+        blog = UnfoldMatmulCARAFE(case.channels, kernel_size=case.kernel, compressed_channels=64)
+        blog.load_state_dict(ours.state_dict())
+        for name, module in (("carafe_ultra", ours), ("unfold_matmul", blog), ("dysample", DySample(case.channels))):
+            results.append(_module_case(name, module, case, dtype, device, repeats))
+    return results
+
+
+def bandwidth_goals(kernels: dict, modules: list[dict]) -> dict:
+    """What the kernel and module measurements say about the goals (values; the targets are gpu_check's)."""
+    bandwidth = kernels["copy_bandwidth_gbs"]
+    reference = {(c["case"]["dtype"], c["case"]["mask_dtype"]): c for c in kernels["cases"]}
+    module_ms = {(m["module"], m["case"]["dtype"]): m["forward_backward_ms"] for m in modules}
+    return {
+        "fwd_bw_fraction_fp16": reference["float16", None]["forward_gbs"] / bandwidth,
+        "fwd_bw_fraction_fp32": reference["float32", None]["forward_gbs"] / bandwidth,
+        "bwd_bw_fraction_fp16": reference["float16", None]["backward_gbs"] / bandwidth,
+        "bwd_bw_fraction_fp32": reference["float32", None]["backward_gbs"] / bandwidth,
+        "module_speedup_vs_unfold_matmul": module_ms["unfold_matmul", "float32"] / module_ms["carafe_ultra", "float32"],
+        "module_time_vs_dysample": module_ms["carafe_ultra", "float32"] / module_ms["dysample", "float32"],
+    }
+
+
+def gpu_report(repeats: int = 50) -> dict:
+    """What ``scripts/benchmark.py --gpu`` measures (the kernel and module stages of ``gpu-check``)."""
     import cupy
 
+    device = torch.device("cuda", torch.cuda.current_device())
     torch.manual_seed(0)
-    files = kernel_files()
-    bandwidth = copy_bandwidth_gbs()
-    cases = [_kernel_case(replace(GPU_REFERENCE, dtype=dtype)) for dtype in ("float16", "float32", "bfloat16")]
-    cases.append(_kernel_case(replace(GPU_REFERENCE, dtype="float16", mask_dtype="float32")))  # what AMP hands over
-    for extra in (Case(n=16, channels=256, height=80, width=80, kernel=5, scale=2),
-                  Case(n=16, channels=256, height=20, width=20, kernel=3, scale=2),
-                  Case(n=8, channels=128, height=40, width=40, kernel=7, scale=4)):
-        cases.append(_kernel_case(replace(extra, dtype="float16")))
-    modules = {}
-    for dtype in (torch.float32, torch.float16):
-        ours = CARAFE(256, kernel_size=5, compressed_channels=64)
-        blog = UnfoldMatmulCARAFE(256, kernel_size=5, compressed_channels=64)
-        blog.load_state_dict(ours.state_dict())
-        for name, module in (("carafe_ultra", ours), ("unfold_matmul", blog), ("dysample", DySample(256))):
-            result = _module_case(name, module, GPU_REFERENCE, dtype)
-            modules[(name, dtype)] = result["forward_backward_ms"]
-            cases.append(result)
-    reference = {c["case"]["dtype"]: c for c in cases[:2]}
-    goals = {
-        "fwd_bw_fraction_fp16": reference["float16"]["forward_gbs"] / bandwidth,
-        "fwd_bw_fraction_fp32": reference["float32"]["forward_gbs"] / bandwidth,
-        "bwd_bw_fraction_fp16": reference["float16"]["backward_gbs"] / bandwidth,
-        "bwd_bw_fraction_fp32": reference["float32"]["backward_gbs"] / bandwidth,
-        "speedup_vs_seed_fwd_bwd": modules[("unfold_matmul", torch.float32)] / modules[("carafe_ultra", torch.float32)],
-        "time_vs_dysample_fwd_bwd": modules[("carafe_ultra", torch.float32)] / modules[("dysample", torch.float32)],
-    }
+    kernels, modules = kernel_report(device, repeats), module_report(device, repeats)
     root = Path(__file__).resolve().parents[2]
-    return {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "cupy": cupy.__version__,
-        "kernel_files": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in files],
-        "kernel_sha256": kernel_sha256(files),
-        "copy_bandwidth_gbs": bandwidth,
-        "first_use_check_ms": first_use_check_ms(Specialisation(torch.float16, torch.float32, 5, 2)),
-        "cases": cases,
-        "goals": goals,
-    }
+    files = kernel_files()
+    return {"device": torch.cuda.get_device_name(device), "torch": torch.__version__, "cupy": cupy.__version__,
+            "kernel_files": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in files],
+            "kernel_sha256": kernel_sha256(files), **kernels, "modules": modules,
+            "goals": bandwidth_goals(kernels, modules)}
 
 
 def format_gpu_report(report: dict) -> str:
@@ -304,11 +405,14 @@ def format_gpu_report(report: dict) -> str:
         c = case["case"]
         masks = f" (masks {c['mask_dtype']})" if c.get("mask_dtype") else ""
         label = f"N={c['n']} C={c['channels']} {c['height']}x{c['width']} k={c['kernel']} s={c['scale']} {c['dtype']}{masks}"
-        if "module" in case:
-            lines.append(f"  module {case['module']:<14} {label}: fwd+bwd {case['forward_backward_ms']:.3f} ms")
-        else:
-            lines.append(f"  kernels {label}: fwd {case['forward_ms']:.3f} ms ({case['forward_gbs']:.0f} GB/s), "
-                         f"bwd {case['backward_ms']:.3f} ms ({case['backward_gbs']:.0f} GB/s)")
+        lines.append(f"  kernels {label}: fwd {case['forward_ms']:.3f} ms ({case['forward_gbs']:.0f} GB/s), "
+                     f"bwd {case['backward_ms']:.3f} ms ({case['backward_gbs']:.0f} GB/s)")
+    for dtype, kernels in report.get("variants", {}).items():
+        for kernel, entries in kernels.items():
+            timings = ", ".join(f"{e['variant']} {e['ms']:.3f} ms" for e in entries)
+            lines.append(f"  {kernel} {dtype}: {timings}")
+    for m in report.get("modules", []):
+        lines.append(f"  module {m['module']:<14} {m['case']['dtype']}: fwd+bwd {m['forward_backward_ms']:.3f} ms")
     lines.append("goals: " + ", ".join(f"{k}={v:.3f}" for k, v in report["goals"].items()))
     return "\n".join(lines)
 
@@ -319,6 +423,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--gpu", action="store_true", help="benchmark the CUDA path (needs a GPU and CuPy)")
     mode.add_argument("--export", action="store_true",
                         help="the cost of CARAFE in an exported model: ONNX nodes, ONNX Runtime and OpenVINO latency")
+    mode.add_argument("--budget", action="store_true",
+                      help="the static budget of every kernel variant from its sm_90 machine code (no GPU needed)")
     parser.add_argument("--model", default="yolov8n.yaml", help="--export: the model family (default yolov8n.yaml)")
     parser.add_argument("--imgsz", type=int, default=640, help="--export: image size (default 640)")
     parser.add_argument("--repeats", type=int, default=None,
@@ -338,8 +444,13 @@ def main(args: argparse.Namespace) -> None:
         except FileNotFoundError as error:
             args.error(str(error))
     if args.gpu:
-        result = gpu_report()
+        result = gpu_report(args.repeats or 50)
         print(format_gpu_report(result))
+    elif args.budget:
+        result = budget_report()
+        for dtype, budgets in result["budgets"].items():
+            print(f"{dtype}, reference case (N=16, C=256, 40x40 -> 80x80, k=5), NVRTC {result['nvrtc']}:")
+            print(budget_markdown([Budget(**b) for b in budgets]) + "\n")
     elif args.export:
         result = export_cost(args.model, args.imgsz, repeats=args.repeats or 30)
         print(format_export_cost(result))

@@ -26,6 +26,7 @@ class HostShimLauncher:
             self._temporary = tempfile.TemporaryDirectory(prefix="carafe-shim-")
             build_dir = self._temporary.name
         self.build_dir = Path(build_dir)
+        self.build_dir.mkdir(parents=True, exist_ok=True)
         self._libraries: dict[Specialisation, ctypes.CDLL] = {}
 
     def unavailable(self, device: torch.device) -> str | None:
