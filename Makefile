@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[dev,cuda12]"  # dev includes the export extra
+	$(PY) -m pip install -e ".[dev,cuda12]"  # dev includes the export and ray extras
 	touch $(STAMP)
 
 # The demo recipe (see README, "The ablation"): YOLOv8n pretrained once on other generated scenes (cached), then

@@ -18,6 +18,7 @@ from carafe_ultra.experiments.ablation import (
     _with_mask_lr_scale,
     default_data,
     latencies_ms,
+    latency_device,
     pretrained_base,
     recipe,
     run_ablation,
@@ -75,6 +76,9 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path, capsys, data):
     assert json.loads((out / "summary.json").read_text())["settings"]["epochs"] == 1
     assert "| nearest |" in (out / "summary.md").read_text()
     assert (out / "summary.png").stat().st_size > 10_000
+    # What each CARAFE arm learned, drawn beside the summary (not for the other arms).
+    assert sorted(p.name for p in out.glob("show-*.png")) == ["show-carafe-kernel_size-3-compressed_channels-16.png",
+                                                              "show-carafe.png"]
     capsys.readouterr()
     again = run_ablation(settings)  # everything finished: nothing is trained again
     assert capsys.readouterr().out.count("already finished") == len(settings.arms)
@@ -232,9 +236,10 @@ def test_command_line(tmp_path, data):
     assert "| carafe |" in run.stdout and f"plot: {tmp_path / 'o' / 'summary.png'}" in run.stdout
 
 
-def test_latencies_accept_ultralytics_device_strings_and_time_each_network():
+def test_latencies_are_timed_on_the_first_device_of_an_ultralytics_device_string():
+    assert latency_device("0,1") == torch.device("cuda", 0) and latency_device("cpu") == torch.device("cpu")
     small, large = torch.nn.Conv2d(3, 4, 3), torch.nn.Sequential(*[torch.nn.Conv2d(3, 3, 3, padding=1)] * 30)
-    ms = latencies_ms({"small": small, "large": large}, 64, "cpu", repeats=5)
+    ms = latencies_ms({"small": small, "large": large}, 64, latency_device("cpu"), repeats=5)
     assert set(ms) == {"small", "large"} and 0 < ms["small"] < ms["large"]
     if torch.cuda.is_available():
-        assert latencies_ms({"small": small}, 32, "0", repeats=2)["small"] > 0
+        assert latencies_ms({"small": small}, 32, latency_device("0"), repeats=2)["small"] > 0

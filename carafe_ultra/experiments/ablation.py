@@ -16,15 +16,15 @@ import copy
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import re
+import shutil
+import socket
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from ..integration import ultralytics_model
 from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
 from ..yamls import convert_yaml
+from . import grid
 from .timing import interleaved_seconds, synchronizer
 
 DEFAULT_ARMS = ("nearest", "carafe")
@@ -59,7 +60,11 @@ class Settings:
     mosaic: float = 0.0
     val: bool = False  # validate after every epoch too (the final model is evaluated either way)
     mask_lr_scale: float = 1.0  # learning-rate factor for CARAFE's mask predictor (compressor and encoder)
-    jobs: int = 1  # runs trained at once, in worker processes that share the CPU threads
+    jobs: int = 1  # runs trained at once on this machine, each in a worker process with its own GPUs (or CPU share)
+    gpus_per_run: int | None = None  # GPUs of --device each run trains on (several: DDP); default: shared out evenly
+    ray: str | None = None  # run each (arm, seed) as a Ray task: "local", "auto" or a cluster address
+    cpus_per_run: int | None = None  # Ray: CPUs each task asks for (default: its data loader workers + 1)
+    shard: str | None = None  # "I/N": run only every N-th run of the grid, from the I-th (for job arrays)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
     out: str = "runs/ablation"
@@ -84,6 +89,14 @@ class Settings:
         arms = [parse_arm(spec) for spec in self.arms]  # a wrong arm fails here, before any training
         if len({arm.folder for arm in arms}) != len(arms):
             raise ValueError(f"arms must be distinct, got {self.arms}")
+        for name in ("gpus_per_run", "cpus_per_run"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.shard is not None:
+            grid.parse_shard(self.shard)
+        if self.ray is None:
+            grid.device_slots(self.device, self.jobs, self.gpus_per_run)  # the GPUs must go round, before training
 
 
 @dataclass(frozen=True)
@@ -132,26 +145,45 @@ def default_data(imgsz: int, seed: int = 0) -> str:
     return str(shapes_dataset(spec))
 
 
+def base_checkpoint(settings: Settings) -> str:
+    """Where the base checkpoint of ``settings`` (see :func:`pretrained_base`) lives, trained or not."""
+    from .data import default_cache_dir
+
+    key = {k: v for k, v in asdict(_base_settings(settings)).items() if k not in _HOW_IT_RUNS}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return str(default_cache_dir() / "bases" / f"{Path(settings.model).stem}-{digest}" / "weights" / "best.pt")
+
+
+# Settings that say how runs are run, not what they learn: the base's cache key leaves them out.
+_HOW_IT_RUNS = ("out", "data", "device", "workers", "jobs", "arms", "seeds", "gpus_per_run", "ray", "cpus_per_run",
+                "shard")
+
+
+def _base_settings(settings: Settings) -> Settings:
+    return Settings(**{**asdict(settings), "pretrain_epochs": 0, "weights": None, "mask_lr_scale": 1.0,
+                       "epochs": settings.pretrain_epochs, "arms": ["nearest"], "seeds": [0], "jobs": 1,
+                       "gpus_per_run": None, "ray": None, "shard": None})
+
+
 def pretrained_base(settings: Settings, log: Callable[[str], None] = print) -> str:
     """A base checkpoint to fine-tune every arm from, as users start from COCO weights: the family with nearest
     upsampling, trained for ``settings.pretrain_epochs`` epochs on generated scenes that are not the ablation's
-    (seed 1). Trained once and cached (``CARAFE_ULTRA_CACHE``); returns the path of its best.pt."""
-    from .data import default_cache_dir
+    (seed 1). Trained once and cached (``CARAFE_ULTRA_CACHE``; on a cluster, storage every machine sees): a lock
+    makes shards that start together wait for the one that trains it. Returns the path of its best.pt."""
+    from .data import exclusive
 
-    base = Settings(**{**asdict(settings), "pretrain_epochs": 0, "weights": None, "mask_lr_scale": 1.0,
-                       "epochs": settings.pretrain_epochs, "arms": ["nearest"], "seeds": [0]})
-    where_not_what = ("out", "data", "device", "workers", "jobs", "arms", "seeds")  # how it runs, not what it learns
-    key = {k: v for k, v in asdict(base).items() if k not in where_not_what}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    folder = default_cache_dir() / "bases" / f"{Path(settings.model).stem}-{digest}"
-    best = folder / "weights" / "best.pt"
-    if best.is_file():
-        log(f"base model: reusing {best}")
-        return str(best)
-    log(f"base model: training {Path(settings.model).name} (nearest) for {base.epochs} epochs on other generated data")
-    model = ultralytics_model(convert_yaml(settings.model, "nearest", folder))
-    model.train(**recipe(base, 0), data=default_data(settings.imgsz, seed=1), project=str(folder.parent),
-                name=folder.name, exist_ok=True)
+    best = Path(base_checkpoint(settings))
+    folder = best.parents[1]
+    with exclusive(folder):
+        if best.is_file():
+            log(f"base model: reusing {best}")
+            return str(best)
+        base = _base_settings(settings)
+        log(f"base model: training {Path(settings.model).name} (nearest) for {base.epochs} epochs on other generated "
+            "data")
+        model = ultralytics_model(convert_yaml(settings.model, "nearest", folder))
+        model.train(**recipe(base, 0), data=default_data(settings.imgsz, seed=1), project=str(folder.parent),
+                    name=folder.name, exist_ok=True)
     return str(best)
 
 
@@ -192,6 +224,8 @@ def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | N
     ``result.json``."""
     run_dir = _run_dir(settings, arm, seed)
     out = run_dir.parents[1]
+    if run_dir.is_dir():  # an earlier attempt that did not finish: start afresh
+        shutil.rmtree(run_dir)
     model = ultralytics_model(convert_yaml(settings.model, arm.upsampler.name, out / "yamls" / arm.folder, arm.options))
     taken: list[int] = []
     if weights:
@@ -208,25 +242,46 @@ def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | N
     return result
 
 
-def arm_costs(settings: Settings, arms: list[Arm]) -> list[ArmCost]:
-    """Parameters, GFLOPs and latency of each arm's trained model (its first seed's), cached in ``runs/costs.json``.
+def arm_costs(settings: Settings, arms: list[Arm], seeds: dict[str, int]) -> tuple[list[ArmCost], str]:
+    """Parameters, GFLOPs and latency of each arm's trained model (that of its seed in ``seeds``), and the device the
+    latencies were timed on; cached in ``runs/costs.json``.
 
-    Latencies are measured round-robin across the arms, so whatever else the machine does hits them alike.
+    Latencies are measured round-robin across the arms, on the first device of ``settings.device`` of the machine
+    making the report, so whatever else it does hits them alike; a cache from another device is measured afresh,
+    never mixed in.
     """
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
+    device = latency_device(settings.device)
+    where = device_description(device)
     path = Path(settings.out).resolve() / "runs" / "costs.json"
-    cached = {cost["upsampler"]: cost for cost in json.loads(path.read_text())} if path.is_file() else {}
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    cached = {c["upsampler"]: c for c in stored.get("arms", [])} if stored.get("device") == where else {}
     if not all(arm.spec in cached for arm in arms):
-        networks = {arm.spec: ultralytics_model(_run_dir(settings, arm, settings.seeds[0]) / "weights" / "best.pt").model
+        networks = {arm.spec: ultralytics_model(_run_dir(settings, arm, seeds[arm.spec]) / "weights" / "best.pt").model
                     for arm in arms}
-        latencies = latencies_ms(networks, settings.imgsz, settings.device)
+        latencies = latencies_ms(networks, settings.imgsz, device)
         cached.update({spec: asdict(ArmCost(upsampler=spec, params=get_num_params(network),
                                             GFLOPs=float(get_flops(network, settings.imgsz)),
                                             latency_ms=latencies[spec]))
                        for spec, network in networks.items()})
-        path.write_text(json.dumps(list(cached.values()), indent=2) + "\n")
-    return [ArmCost(**cached[arm.spec]) for arm in arms]
+        path.write_text(json.dumps({"device": where, "arms": list(cached.values())}, indent=2) + "\n")
+    return [ArmCost(**cached[arm.spec]) for arm in arms], where
+
+
+def latency_device(device: str) -> torch.device:
+    """The device latencies are timed on: the first of an Ultralytics device string (``"0,1"`` -> cuda:0)."""
+    first = str(device).split(",")[0].strip()
+    return torch.device(f"cuda:{first}" if first.isdigit() else first)
+
+
+def device_description(device: torch.device) -> str:
+    """What the report says the latencies were timed on: the GPU's or the CPU's name."""
+    from ultralytics.utils.torch_utils import get_cpu_info, get_gpu_info
+
+    if device.type == "cuda":
+        return f"{get_gpu_info(device.index or 0)} ({device})"
+    return f"{get_cpu_info()} ({torch.get_num_threads()} threads)"
 
 
 def recipe(settings: Settings, seed: int, weights: str | None = None) -> dict:
@@ -269,11 +324,10 @@ def _with_mask_lr_scale(base: type, factor: float) -> type:
     return MaskLearningRateTrainer
 
 
-def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: str, repeats: int = 30) -> dict[str, float]:
-    """Median forward time of one image (batch 1, float32, eval mode, no pre/post-processing) per network, the
-    networks taking turns within each round."""
-    first = str(device).split(",")[0].strip()  # Ultralytics' "0,1" style: time on the first device
-    device = torch.device(f"cuda:{first}" if first.isdigit() else first)
+def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: torch.device,
+                 repeats: int = 30) -> dict[str, float]:
+    """Median forward time of one image (batch 1, float32, eval mode, no pre/post-processing) per network on
+    ``device``, the networks taking turns within each round."""
     nets = {name: copy.deepcopy(network).float().eval().to(device) for name, network in networks.items()}
     x = torch.rand(1, 3, imgsz, imgsz, device=device)
     with torch.no_grad():
@@ -282,66 +336,182 @@ def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: str, 
     return {name: 1e3 * statistics.median(times) for name, times in timings.items()}
 
 
-def run_ablation(settings: Settings, log: Callable[[str], None] = print) -> dict:
-    """Every arm with every seed (finished runs reused), their costs, then the summary files in ``settings.out``.
+class GridIncomplete(RuntimeError):
+    """Some runs of the grid failed; the summary of the others was written, and a re-run trains only the missing."""
 
-    With ``settings.jobs`` > 1 the runs train in that many worker processes at once, each with its share of the
-    CPU threads and its output in ``<run>.log``; costs are measured afterwards (see :func:`arm_costs`).
+
+def grid_runs(settings: Settings) -> list[grid.Run]:
+    """Every (arm, seed) run of the ablation, in the order the shards split it."""
+    return [(spec, seed) for seed in settings.seeds for spec in settings.arms]
+
+
+def _folder(settings: Settings, run: grid.Run) -> Path:
+    return _run_dir(settings, parse_arm(run[0]), run[1])
+
+
+def finished(settings: Settings) -> dict[grid.Run, RunResult]:
+    """The runs of the grid that wrote their ``result.json``."""
+    done = {}
+    for run in grid_runs(settings):
+        path = _folder(settings, run) / "result.json"
+        if path.is_file():
+            done[run] = _load(RunResult, path)
+    return done
+
+
+def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: grid.Task | None = None) -> dict | None:
+    """Train every run of the grid that has no result yet (all of them, or this shard's), then, unless it is a shard,
+    measure the costs and write the summary files in ``settings.out``; returns the summary (None for a shard).
+
+    Runs train in this process (``jobs`` 1), in worker processes of one slot each (``jobs`` > 1: their output in
+    ``runs/<run>.log``, one console line per epoch) or as Ray tasks (``ray``). ``task(run, device)`` trains one
+    run (default: :func:`train_run` here, :func:`train_logged` elsewhere; the tests give their own). A run that
+    fails is reported and the others go on; then :class:`GridIncomplete` is raised, after the summary of the others
+    is written.
     """
-    from .report import write_summary
-
-    arms = [parse_arm(spec) for spec in settings.arms]
-    data = settings.data or default_data(settings.imgsz)
+    if not settings.data:
+        default_data(settings.imgsz)  # made once, before the runs that read it
     weights = pretrained_base(settings, log) if settings.pretrain_epochs else settings.weights
-    runs = [(arm, seed) for seed in settings.seeds for arm in arms]
-    results: dict[tuple[str, int], RunResult] = {}
-    pending = []
-    for arm, seed in runs:
-        done = _run_dir(settings, arm, seed) / "result.json"
-        if done.is_file():
-            log(f"{arm.spec} seed {seed}: already finished, reusing {done}")
-            results[arm.spec, seed] = _load(RunResult, done)
-        else:
-            pending.append((arm, seed))
+    runs = grid_runs(settings)
+    if settings.shard:
+        runs = grid.shard(runs, *grid.parse_shard(settings.shard))
+    done = finished(settings)
+    for run in runs:
+        if run in done:
+            log(f"{run[0]} seed {run[1]}: already finished, reusing {_folder(settings, run) / 'result.json'}")
+    pending = [run for run in runs if run not in done]
     label = f"on {settings.model}, {settings.epochs} epochs at {settings.imgsz} px" + (
         f", from {weights}" if weights else "")
-    if settings.jobs == 1:
-        for number, (arm, seed) in enumerate(pending, 1):
-            log(f"[{number}/{len(pending)}] {arm.spec} (seed {seed}) {label}")
-            results[arm.spec, seed] = run_arm(settings, arm, seed, data, weights)
+    in_place = settings.jobs == 1 and not settings.ray  # trained here, its output on this console
+    task = task or functools.partial(train_run if in_place else train_logged, settings, weights)
+    failures = _train(settings, pending, task, label, log)
+    if settings.shard:
+        log(f"shard {settings.shard}: {len(runs) - len(failures)} of {len(runs)} runs finished; once every shard has, "
+            "the same command with --report (and without --shard) writes the summary")
+        summary = None
     else:
-        threads = max(1, (os.cpu_count() or 1) // settings.jobs)
-        log(f"{len(pending)} runs {label}, {settings.jobs} at a time ({threads} CPU thread(s) each)")
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(settings.jobs, mp_context=context, initializer=torch.set_num_threads,
-                                 initargs=(threads,)) as pool:
-            futures = {pool.submit(_run_logged, settings, arm.spec, seed, data, weights): (arm, seed)
-                       for arm, seed in pending}
-            for number, future in enumerate(as_completed(futures), 1):
-                arm, seed = futures[future]
-                result = results[arm.spec, seed] = future.result()
-                log(f"[{number}/{len(pending)}] {arm.spec} (seed {seed}) done in {result.train_seconds / 60:.1f} min: "
-                    f"mAP50 {result.mAP50:.3f}, mAP50-95 {result.mAP50_95:.3f}")
-    costs = arm_costs(settings, arms)
-    return write_summary(settings, data, weights, [results[arm.spec, seed] for arm, seed in runs], costs)
+        summary = write_report(settings, log)
+    if failures:
+        raise GridIncomplete(f"{len(failures)} run(s) failed; the others are in {settings.out}, and a re-run trains "
+                             "only the missing ones:\n" + "\n".join(f"  {r[0]} seed {r[1]}: {e}" for r, e in failures.items()))
+    return summary
 
 
-def _run_logged(settings: Settings, spec: str, seed: int, data: str, weights: str | None) -> RunResult:
-    """run_arm in a worker process (the arm by its spec: table entries do not pickle), its output (Ultralytics'
-    progress) in ``<run dir>.log``."""
-    arm = parse_arm(spec)
-    log_path = _run_dir(settings, arm, seed).with_suffix(".log")
+def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: str,
+           log: Callable[[str], None]) -> dict[grid.Run, str]:
+    """Train ``pending`` where ``settings`` says; {run: error} of those that failed."""
+    failures: dict[grid.Run, str] = {}
+    count = iter(range(1, len(pending) + 1))
+
+    def done(run: grid.Run, result: RunResult | None, error: str | None) -> None:
+        number = next(count)
+        if error is not None:
+            failures[run] = error
+            log(f"[{number}/{len(pending)}] {run[0]} (seed {run[1]}) FAILED: {error}")
+        else:
+            log(f"[{number}/{len(pending)}] {run[0]} (seed {run[1]}) done in {result.train_seconds / 60:.1f} min: "
+                f"mAP50 {result.mAP50:.3f}, mAP50-95 {result.mAP50_95:.3f}")
+
+    progress = grid.Progress(functools.partial(_folder, settings), settings.epochs, log)
+    if settings.ray:
+        gpus = settings.gpus_per_run or (0 if grid.gpu_ids(settings.device) is None else 1)
+        cpus = settings.cpus_per_run or settings.workers + 1
+        log(f"{len(pending)} runs {label}, as Ray tasks of {gpus} GPU(s) and {cpus} CPU(s) each ({settings.ray})")
+        grid.run_on_ray(settings.ray, pending, task, gpus, cpus, Path(settings.out).resolve(), progress, done)
+        return failures
+    slots = grid.device_slots(settings.device, settings.jobs, settings.gpus_per_run)
+    if settings.jobs > 1:
+        where = ", ".join(f"GPUs {slot.visible}" if slot.visible else slot.device for slot in slots)
+        log(f"{len(pending)} runs {label}, {settings.jobs} at a time ({where}; {slots[0].threads} CPU thread(s) each)")
+        grid.run_in_slots(slots, pending, task, progress, done)
+        return failures
+    for number, run in enumerate(pending, 1):
+        log(f"[{number}/{len(pending)}] {run[0]} (seed {run[1]}) {label}")
+        try:
+            result = task(run, slots[0].device)
+        except Exception as error:  # one failing run does not lose the others
+            done(run, None, f"{type(error).__name__}: {error}")
+        else:
+            done(run, result, None)
+    return failures
+
+
+def train_run(settings: Settings, weights: str | None, run: grid.Run, device: str) -> RunResult:
+    """Train one run of the grid on ``device``, wherever this process is: generated data is made here (every
+    machine makes the same), and ``weights`` must be visible here."""
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"the weights {weights} are not visible on {socket.gethostname()}: put them (and "
+                                "CARAFE_ULTRA_CACHE, with --pretrain-epochs) on storage that every machine sees")
+    alone = replace(settings, device=device, jobs=1, gpus_per_run=None, ray=None, shard=None)
+    return run_arm(alone, parse_arm(run[0]), run[1], settings.data or default_data(settings.imgsz), weights)
+
+
+def train_logged(settings: Settings, weights: str | None, run: grid.Run, device: str) -> RunResult:
+    """:func:`train_run` with its output (Ultralytics' progress) in ``runs/<arm>-seed<seed>.log``: the task of the
+    worker processes and Ray tasks."""
+    log_path = _folder(settings, run).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log_file:
         sys.stdout.flush(), sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
         os.dup2(log_file.fileno(), 1), os.dup2(log_file.fileno(), 2)
         try:
-            return run_arm(settings, arm, seed, data, weights)
+            return train_run(settings, weights, run, device)
         finally:
             sys.stdout.flush(), sys.stderr.flush()
             os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             os.close(saved[0]), os.close(saved[1])
+
+
+def write_report(settings: Settings, log: Callable[[str], None] = print) -> dict:
+    """summary.json, summary.md and summary.png from the runs that finished (``result.json``), naming those still
+    missing; the costs measured here, on this machine's first ``settings.device``."""
+    from .report import write_summary
+
+    done = finished(settings)
+    if not done:
+        raise FileNotFoundError(f"no run of this ablation has finished in {Path(settings.out) / 'runs'} yet")
+    missing = [run for run in grid_runs(settings) if run not in done]
+    results = [done[run] for run in grid_runs(settings) if run in done]
+    arms = [parse_arm(spec) for spec in settings.arms if any(r.upsampler == spec for r in results)]
+    first_seeds = {arm.spec: next(r.seed for r in results if r.upsampler == arm.spec) for arm in arms}
+    costs, where = arm_costs(settings, arms, first_seeds)
+    weights = base_checkpoint(settings) if settings.pretrain_epochs else settings.weights
+    summary = write_summary(settings, settings.data or default_data(settings.imgsz), weights, results, costs,
+                            missing=[f"{spec} seed {seed}" for spec, seed in missing], latency_device=where)
+    if missing:
+        log(f"{len(missing)} run(s) missing from the summary: " + ", ".join(f"{s} seed {d}" for s, d in missing))
+    _show_carafe_arms(settings, arms, first_seeds, log)
+    return summary
+
+
+def _show_carafe_arms(settings: Settings, arms: list[Arm], seeds: dict[str, int], log: Callable[[str], None]) -> None:
+    """``show-<arm>.png`` beside summary.png for each CARAFE arm: what its first seed's model learned, drawn on the
+    first validation image."""
+    import matplotlib.pyplot as plt
+
+    from .show import show
+
+    image = first_validation_image(settings.data or default_data(settings.imgsz))
+    if image is None:
+        log("no validation image found to draw the CARAFE arms' kernels on")
+        return
+    for arm in arms:
+        if arm.upsampler.module_class is CARAFE:
+            figure, _ = show(_run_dir(settings, arm, seeds[arm.spec]) / "weights" / "best.pt", image,
+                             imgsz=settings.imgsz, out=Path(settings.out) / f"show-{arm.folder}.png")
+            plt.close(figure)
+
+
+def first_validation_image(data: str) -> Path | None:
+    """The first image (by name) of a data YAML's validation split, if that split is a folder."""
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+
+    split = check_det_dataset(data, autodownload=False).get("val")
+    folders = [Path(p) for p in (split if isinstance(split, list) else [split])]
+    images = sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*")
+                    if p.suffix.lower().lstrip(".") in IMG_FORMATS)
+    return images[0] if images else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -369,7 +539,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-lr-scale", dest="mask_lr_scale", type=float, default=defaults.mask_lr_scale,
                         help="learning-rate factor for CARAFE's mask predictor (study option)")
     parser.add_argument("--jobs", type=int, default=defaults.jobs,
-                        help="runs to train at once (worker processes sharing the CPU threads; 2 on a 2-core CPU)")
+                        help="runs to train at once on this machine, each in a worker process with GPUs of its own "
+                             "(or its share of the CPU threads: 2 on a 2-core CPU)")
+    parser.add_argument("--gpus-per-run", dest="gpus_per_run", type=int, default=None,
+                        help="GPUs each run trains on (more than one: Ultralytics' DDP); default: --device's GPUs "
+                             "shared out evenly among --jobs; with --ray 1 (0 with --device cpu)")
+    parser.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                        help="run each (arm, seed) as a Ray task: alone a Ray instance on this machine, or 'auto' or "
+                             "an address for a running cluster (then --out must be on storage every node sees)")
+    parser.add_argument("--cpus-per-run", dest="cpus_per_run", type=int, default=None,
+                        help="--ray: CPUs each task asks for (default: --workers + 1)")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="run only every N-th run of the grid, from the I-th (0-based), e.g. a job array's "
+                             "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then --report once")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: write summary.* from the runs that finished, naming those missing")
     parser.add_argument("--seeds", type=int, nargs="+", default=defaults.seeds,
                         help="each seed pairs the arms (same data order and augmentation)")
     parser.add_argument("--arms", nargs="+", default=defaults.arms, metavar="ARM",
@@ -382,9 +566,26 @@ def main(args: argparse.Namespace) -> None:
     """Run the ablation the parsed options describe and print its table."""
     try:
         settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
+        if args.report and settings.shard:
+            raise ValueError("--report writes the summary of the whole grid: give it without --shard")
     except (ValueError, FileNotFoundError) as error:  # an option out of range, a missing file, a wrong arm
         args.error(str(error))
-    run_ablation(settings)
+    try:
+        if args.report:
+            write_report(settings)
+        elif run_ablation(settings) is None:  # a shard: no summary yet
+            return
+    except FileNotFoundError as error:  # --report before any run finished
+        args.error(str(error))
+    except GridIncomplete as error:
+        if not settings.shard:
+            _print_summary(settings)  # of the runs that finished
+        sys.exit(f"error: {error}")
+    _print_summary(settings)
+
+
+def _print_summary(settings: Settings) -> None:
     out = Path(settings.out)
-    print("\n" + (out / "summary.md").read_text())
-    print(f"plot: {out / 'summary.png'}   numbers: {out / 'summary.json'}")
+    if (out / "summary.md").is_file():
+        print("\n" + (out / "summary.md").read_text())
+        print(f"plot: {out / 'summary.png'}   numbers: {out / 'summary.json'}")

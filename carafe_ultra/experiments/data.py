@@ -7,9 +7,12 @@ the same spec gives the same bytes) in Ultralytics' YOLO layout with a ``data.ya
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,12 +59,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CARAFE_ULTRA_CACHE", Path.home() / ".cache" / "carafe-ultra"))
 
 
+@contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """Hold the lock beside ``folder`` (``<folder>.lock``): processes that make the same cached thing at once, shards
+    of a grid on shared storage for instance, make it once while the others wait for it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def shapes_dataset(spec: ShapesSpec = ShapesSpec(), root: Path | None = None) -> Path:
     """Generate the dataset once (cached by spec) and return the path of its ``data.yaml``."""
     folder = Path(root or default_cache_dir() / "datasets") / f"shapes-{spec.digest()}"
     data_yaml = folder / "data.yaml"
     if data_yaml.is_file():  # written last, so its presence means the set is complete
         return data_yaml
+    with exclusive(folder):
+        if not data_yaml.is_file():
+            _generate(spec, folder)
+    return data_yaml
+
+
+def _generate(spec: ShapesSpec, folder: Path) -> None:
+    data_yaml = folder / "data.yaml"
     rng = np.random.default_rng(spec.seed)
     for split, count in (("train", spec.train_images), ("val", spec.val_images)):
         (folder / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -73,7 +94,6 @@ def shapes_dataset(spec: ShapesSpec = ShapesSpec(), root: Path | None = None) ->
             (folder / "labels" / split / f"{index:05d}.txt").write_text("\n".join(rows) + "\n")
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASSES))
     data_yaml.write_text(f"path: {folder}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
-    return data_yaml
 
 
 def _scene(spec: ShapesSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:

@@ -110,14 +110,17 @@ def summarise(results: list, costs: list) -> list[dict]:
     return summary
 
 
-def write_summary(settings, data: str, weights: str | None, results: list, costs: list) -> dict:
+def write_summary(settings, data: str, weights: str | None, results: list, costs: list, missing: list[str] = (),
+                  latency_device: str | None = None) -> dict:
     """summary.json, summary.md and summary.png in ``settings.out``; ``data`` and ``weights`` are what the runs
-    used (the generated set, the pretrained base)."""
+    used (the generated set, the pretrained base), ``missing`` the runs of the grid without a result (failed, or
+    not run yet), ``latency_device`` what the latencies were timed on."""
     out = Path(settings.out)
     arms = summarise(results, costs)
     summary = {"arms": arms, "delta_method": DELTA_METHOD,
                "settings": {**asdict(settings), "data": data, "weights": weights},
-               "seeds": list(settings.seeds), "runs": [asdict(r) for r in results]}
+               "seeds": list(settings.seeds), "runs": [asdict(r) for r in results], "missing": list(missing),
+               "latency_device": latency_device}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown_table(summary))
     plot(summary, out / "summary.png")
@@ -154,7 +157,8 @@ def markdown_table(summary: dict) -> str:
         f"{start}; seeds {seeds}. Accuracy is the final model's on the validation split, the mean over seeds"
         + (" ± standard deviation" if spread else "") + ".",
         f"Δ is against nearest: the mean of the seed-paired differences and, in brackets, its {CONFIDENCE:.0%} "
-        "Student-t interval. Latency: one image, batch 1, float32, model forward only, median.",
+        "Student-t interval. Latency: one image, batch 1, float32, model forward only, median"
+        + (f", every arm on {summary['latency_device']}." if summary.get("latency_device") else "."),
         "",
         "| upsampler | mAP50 | Δ mAP50 | mAP50-95 | Δ mAP50-95 | verdict (mAP50-95) | params | GFLOPs | latency ms |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -168,6 +172,9 @@ def markdown_table(summary: dict) -> str:
             f"| {a['params']:,} | {a['GFLOPs']:.2f} | {a['latency_ms']:.1f} |"
         )
     lines += ["", *_sentences(arms), ""]
+    if summary.get("missing"):
+        lines += [f"Missing runs (failed or not run yet; a re-run trains only these): {', '.join(summary['missing'])}.",
+                  ""]
     return "\n".join(lines)
 
 

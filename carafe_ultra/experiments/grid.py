@@ -1,0 +1,213 @@
+"""Spreading the ablation's grid of (arm, seed) runs: over the GPUs of one machine, over a Ray cluster, or over any
+scheduler's jobs as shards. Ultralytics trains one model on one machine (its DDP is single-node), so the grid is
+what gets distributed; its runs are independent (each writes its own folder and ``result.json``).
+
+- **Slots, one machine.** ``device_slots`` splits ``--device`` into ``--jobs`` slots of ``--gpus-per-run`` GPUs
+  each. Each slot is a worker process that sees only its GPUs (``CUDA_VISIBLE_DEVICES``) and trains on them with
+  Ultralytics' device ids ``0`` or ``0,1``, so a run never shares a GPU with another; a slot of several GPUs trains
+  with Ultralytics' DDP on a port of its own (:func:`ddp_port`), so two DDP runs never race for one.
+- **Ray.** Each run is a Ray Core task asking for ``--gpus-per-run`` GPUs and ``--cpus-per-run`` CPUs; Ray places
+  it and hides the other GPUs from it, the result comes back to the driver.
+- **Shards.** ``--shard I/N`` takes every N-th run of the grid, the same split on every machine.
+
+A run that fails is reported with its error and the others go on; runs that finished wrote ``result.json``, so a
+re-run trains only what is missing. While runs train elsewhere, the console gets one line per finished epoch of
+each, read from the ``results.csv`` Ultralytics writes in the run's folder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import multiprocessing
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+Run = tuple[str, int]  # (arm spec, seed)
+Task = Callable[[Run, str], object]  # run, device string -> its result; a module-level function (it is pickled)
+DDP_PORT_BASE = 29400  # + the slot's first GPU: below the ephemeral ports, one per GPU of a host
+POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one run at a time trains: the device string it trains with, the GPUs its process may see (physical
+    ids, None: all, as given) and its share of the CPU threads."""
+
+    device: str
+    visible: str | None
+    threads: int
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N; raises ``ValueError`` saying what is expected otherwise."""
+    index, slash, count = text.partition("/")
+    if not (slash and index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+        raise ValueError(f"--shard must be I/N with 0 <= I < N (SLURM: --array=0-{{N-1}}), got {text!r}")
+    return int(index), int(count)
+
+
+def shard(runs: list[Run], index: int, count: int) -> list[Run]:
+    """Every ``count``-th run of the grid from the ``index``-th: the shards of one grid split it without overlap."""
+    return runs[index::count]
+
+
+def gpu_ids(device: str) -> list[str] | None:
+    """The GPU ids of an Ultralytics device string (``"0,1"``, ``"cuda:2"``, ``[0, 1]`` as text), or None for a
+    CPU or MPS device."""
+    text = str(device).strip().removeprefix("cuda:").strip("[]").replace(" ", "")
+    ids = [part for part in text.split(",") if part]
+    return ids if ids and all(part.isdigit() for part in ids) else None
+
+
+def device_slots(device: str, jobs: int, gpus_per_run: int | None = None) -> list[Slot]:
+    """``jobs`` slots from ``device``: on GPUs, each of ``gpus_per_run`` of them (default: all of them shared out
+    evenly); on a CPU, each a share of the threads. Raises ``ValueError`` when the GPUs do not go round."""
+    ids = gpu_ids(device)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    if ids is None:
+        if gpus_per_run:
+            raise ValueError(f"--gpus-per-run {gpus_per_run} needs GPUs in --device, got {device!r}")
+        return [Slot(device, None, threads) for _ in range(jobs)]
+    per_run = gpus_per_run or max(1, len(ids) // jobs)
+    if per_run * jobs > len(ids):
+        raise ValueError(f"--jobs {jobs} with {per_run} GPU(s) per run needs {per_run * jobs} GPUs; --device "
+                         f"{device!r} has {len(ids)}")
+    groups = [ids[i * per_run:(i + 1) * per_run] for i in range(jobs)]
+    if jobs == 1:  # trained in this process, on the GPUs as given
+        return [Slot(",".join(groups[0]), None, threads)]
+    return [Slot(",".join(str(i) for i in range(per_run)), ",".join(group), threads) for group in groups]
+
+
+def ddp_port(visible: str | None) -> int | None:
+    """The DDP port of a process that sees the GPUs ``visible`` (physical ids): DDP_PORT_BASE + the first, so that
+    runs on one host, which never share a GPU, never share a port; None without a restriction."""
+    ids = gpu_ids(visible) if visible else None
+    return DDP_PORT_BASE + int(ids[0]) if ids else None
+
+
+def prepare_process(visible: str | None, threads: int) -> None:
+    """Make this (fresh) process one run's home: only its GPUs visible, its share of the threads, its own DDP port.
+    Must run before CUDA is initialised here."""
+    import torch
+
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    torch.set_num_threads(threads)
+    port = ddp_port(visible)
+    if port is not None:
+        from ultralytics.utils import dist
+
+        dist.find_free_network_port = lambda: port  # generate_ddp_command asks it for the port torchrun binds
+
+
+class Progress:
+    """One console line per epoch a running run finishes, read from the ``results.csv`` in its folder."""
+
+    def __init__(self, folder_of: Callable[[Run], Path], epochs: int, log: Callable[[str], None]) -> None:
+        self.folder_of, self.epochs, self.log = folder_of, epochs, log
+        self.reported: dict[Run, int] = {}
+
+    def poll(self, running: list[Run]) -> None:
+        for run in running:
+            rows = _csv_rows(self.folder_of(run) / "results.csv")
+            for row in rows[self.reported.get(run, 0):]:
+                losses = ", ".join(f"{k.split('/')[-1]} {float(v):.3f}" for k, v in row.items()
+                                   if k.startswith("train/") and v)
+                self.log(f"{run[0]} (seed {run[1]}): epoch {int(float(row['epoch']))}/{self.epochs}, {losses}")
+            self.reported[run] = max(self.reported.get(run, 0), len(rows))
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as file:
+            return [{k.strip(): v.strip() for k, v in row.items() if k} for row in csv.DictReader(file)
+                    if row.get("epoch")]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def run_in_slots(slots: list[Slot], runs: list[Run], task: Task, progress: Progress,
+                 done: Callable[[Run, object | None, str | None], None]) -> None:
+    """Train ``runs`` one per slot at a time, each slot a worker process of its own; ``done(run, result, error)``
+    after each (error: what it raised, as text)."""
+    context = multiprocessing.get_context("spawn")
+    executors = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=prepare_process,
+                                                        initargs=(slot.visible, slot.threads)) for slot in slots]
+    queue, active = list(runs), {}
+    try:
+        while queue or active:
+            for index, (slot, executor) in enumerate(zip(slots, executors)):
+                if queue and index not in {i for i, _ in active.values()}:
+                    run = queue.pop(0)
+                    active[executor.submit(task, run, slot.device)] = (index, run)
+            finished, _ = concurrent.futures.wait(active, timeout=POLL_SECONDS,
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+            progress.poll([run for _, run in active.values()])
+            for future in finished:
+                _, run = active.pop(future)
+                error = future.exception()
+                done(run, None if error else future.result(), None if error is None else _describe(error))
+    finally:
+        for executor in executors:
+            executor.shutdown(wait=not active, cancel_futures=True)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError('--ray needs Ray: pip install "carafe-ultra[ray]"') from None
+    return ray
+
+
+def run_on_ray(address: str, runs: list[Run], task: Task, gpus: int, cpus: int, out: Path, progress: Progress,
+               done: Callable[[Run, object | None, str | None], None]) -> None:
+    """Train ``runs`` as Ray tasks of ``gpus`` GPUs and ``cpus`` CPUs each, on the cluster at ``address`` ("local":
+    a Ray instance on this machine; "auto": the running cluster; or its address), unless Ray is initialised already.
+    Ctrl-C cancels what is still outstanding."""
+    ray = _ray()
+    if not ray.is_initialized():
+        ray.init(address=None if address == "local" else address)
+    marker = out / "runs" / f".driver-{uuid.uuid4().hex}"  # the tasks check that they see the driver's --out
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(socket.gethostname() + "\n")
+    remote = ray.remote(_ray_task).options(num_gpus=gpus, num_cpus=cpus, max_retries=0)
+    pending = {remote.remote(task, run, gpus, cpus, str(marker)): run for run in runs}
+    try:
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+            progress.poll(list(pending.values()))
+            for ref in finished:
+                run = pending.pop(ref)
+                try:
+                    done(run, ray.get(ref), None)
+                except ray.exceptions.RayError as error:
+                    cause = getattr(error, "cause", None)
+                    done(run, None, _describe(cause) if isinstance(cause, BaseException) else str(error))
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+def _ray_task(task: Task, run: Run, gpus: int, cpus: int, marker: str):
+    """One run on a Ray worker: Ray made its ``gpus`` GPUs the only visible ones; train there."""
+    if not Path(marker).is_file():
+        out = Path(marker).parents[1]
+        raise FileNotFoundError(f"--out {out} is not visible on {socket.gethostname()}: the ablation's --out must be "
+                                "on storage that every node sees (the driver and the tasks exchange results there)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if gpus else None
+    prepare_process(visible, cpus)
+    return task(run, ",".join(str(i) for i in range(gpus)) if gpus else "cpu")
+

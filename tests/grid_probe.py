@@ -1,0 +1,34 @@
+"""Tasks for the grid tests, importable in worker processes and Ray workers: one records where a run would train
+(without training), one fails on a chosen run and trains the others for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from carafe_ultra.experiments.ablation import RunResult, train_run
+
+
+def record(settings, weights, run, device, seconds: float = 0.5) -> RunResult:
+    """What the run would train with: the GPUs its process sees, the device string, its DDP port and threads, in
+    ``<out>/probe/<arm>-<seed>.json``; it takes ``seconds`` (so that runs overlap)."""
+    from ultralytics.utils import dist
+
+    time.sleep(seconds)
+    folder = Path(settings.out) / "probe"
+    folder.mkdir(parents=True, exist_ok=True)
+    seen = {"visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "device": device, "pid": os.getpid(),
+            "port": dist.find_free_network_port(), "threads": torch.get_num_threads()}
+    (folder / f"{run[0]}-{run[1]}.json").write_text(json.dumps(seen))
+    return RunResult(upsampler=run[0], seed=run[1], mAP50=0.5, mAP50_95=0.25, train_seconds=seconds)
+
+
+def fail_on(failing, settings, weights, run, device) -> RunResult:
+    """Raise on the run ``failing``; train every other one for real."""
+    if tuple(run) == tuple(failing):
+        raise RuntimeError(f"injected failure of {run[0]} seed {run[1]}")
+    return train_run(settings, weights, run, device)
