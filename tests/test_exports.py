@@ -2,8 +2,8 @@
 what the PyTorch model predicts; CoreML must convert (running it needs macOS). And checkpoints load with
 ULTRALYTICS_SAFE_LOAD=1.
 
-Predictions are compared on models whose class-0 logits are raised by 8 everywhere, so every location detects class
-0 with a score near 1 and far from any threshold: two runtimes then differ only where their numbers do, never by
+Predictions are compared on models whose class-0 logits are raised by 8 everywhere (``export_parity.confident``), so
+every location detects class 0 with a score near 1 and far from any threshold: two runtimes then differ only where their numbers do, never by
 a detection crossing the threshold. Boxes must agree within BOX_TOLERANCE pixels (on 64 px images) and scores
 within SCORE_TOLERANCE. OpenVINO runs in bfloat16 on CPUs that support it, the loosest of the three; the
 tolerances cover it.
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ultralytics.nn.autobackend import AutoBackend
 
 from carafe_ultra import convert_yaml, model_yaml
+from carafe_ultra.experiments import export_parity
+from carafe_ultra.experiments.export_parity import confident, match_detections
 from carafe_ultra.integration import ultralytics_model
 from tests.ultralytics_helpers import tiny_dataset, yolo
 
@@ -40,21 +41,6 @@ def data(tmp_path_factory):
 
 def val_images(data):
     return sorted((Path(data).parent / "images" / "val").glob("*.png"))
-
-
-def confident(model: torch.nn.Module) -> torch.nn.Module:
-    """Raise the class-0 logit of every prediction branch by 8 (YOLO: the last conv of each class branch;
-    RT-DETR: the decoder's score heads)."""
-    head = model.model[-1]
-    if hasattr(head, "dec_score_head"):
-        layers = list(head.dec_score_head)
-    else:
-        layers = [branch[-1] for name in ("cv3", "one2one_cv3") for branch in getattr(head, name, [])]
-    assert layers
-    with torch.no_grad():
-        for layer in layers:
-            layer.bias[0] += 8
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -91,26 +77,16 @@ def export(checkpoint: Path, fmt: str) -> str:
     return str(exported) + ("/" if exported.is_dir() else "")
 
 
-def raw_outputs(path: str, x: torch.Tensor) -> np.ndarray:
-    """The model's raw output on ``x``, as Ultralytics' AutoBackend runs it for any format."""
-    backend = AutoBackend(path, device=CPU)
-    backend.eval()
-    with torch.no_grad():
-        out = backend(x)
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    return np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out, dtype=np.float64)
+def raw_outputs(path, x: torch.Tensor) -> np.ndarray:
+    return export_parity.raw_outputs(path, x, CPU)
 
 
 def assert_same_detections(want: np.ndarray, got: np.ndarray) -> None:
     """Two sets of detections (x1, y1, x2, y2, score, class rows) are the same: every detection has a partner of
     the same class with boxes within BOX_TOLERANCE and scores within SCORE_TOLERANCE, one to one."""
-    assert len(want) == len(got) > 0
-    unused = list(range(len(got)))
-    for row in want:
-        distance = [np.abs(got[j, :4] - row[:4]).max() if got[j, 5] == row[5] else np.inf for j in unused]
-        best = int(np.argmin(distance))
-        assert distance[best] <= BOX_TOLERANCE and abs(got[unused[best], 4] - row[4]) <= SCORE_TOLERANCE, (row, got)
-        unused.pop(best)
+    matched = match_detections(want, got)
+    assert len(want) > 0 and matched is not None, (want, got)
+    assert matched[0] <= BOX_TOLERANCE and matched[1] <= SCORE_TOLERANCE, (matched, want, got)
 
 
 def detections(model_path, images) -> list[np.ndarray]:
