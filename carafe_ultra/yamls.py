@@ -19,8 +19,10 @@ _SCALE_LETTER = re.compile(r"(\d+)([nslmx])(.+)?$")
 
 
 def model_dir() -> Path:
-    """Folder of the model YAMLs that ship with carafe-ultra."""
-    return Path(__file__).parent / "models"
+    """Folder of the model YAMLs that ship with carafe-ultra: the checkout's top-level ``models/`` (a plain checkout
+    or an editable install), which a wheel carries as ``carafe_ultra/models/``."""
+    packaged = Path(__file__).parent / "models"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[1] / "models"
 
 
 def model_yaml(name: str) -> str:
