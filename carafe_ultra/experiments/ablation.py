@@ -224,8 +224,6 @@ def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | N
     ``result.json``."""
     run_dir = _run_dir(settings, arm, seed)
     out = run_dir.parents[1]
-    if run_dir.is_dir():  # an earlier attempt that did not finish: start afresh
-        shutil.rmtree(run_dir)
     model = ultralytics_model(convert_yaml(settings.model, arm.upsampler.name, out / "yamls" / arm.folder, arm.options))
     taken: list[int] = []
     if weights:
@@ -281,7 +279,8 @@ def device_description(device: torch.device) -> str:
 
     if device.type == "cuda":
         return f"{get_gpu_info(device.index or 0)} ({device})"
-    return f"{get_cpu_info()} ({torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"{get_cpu_info()} ({threads} thread{'s' if threads > 1 else ''})"
 
 
 def recipe(settings: Settings, seed: int, weights: str | None = None) -> dict:
@@ -380,16 +379,18 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
         if run in done:
             log(f"{run[0]} seed {run[1]}: already finished, reusing {_folder(settings, run) / 'result.json'}")
     pending = [run for run in runs if run not in done]
+    for run in pending:  # what an earlier attempt left unfinished starts afresh (its results.csv would mislead)
+        shutil.rmtree(_folder(settings, run), ignore_errors=True)
     label = f"on {settings.model}, {settings.epochs} epochs at {settings.imgsz} px" + (
         f", from {weights}" if weights else "")
     in_place = settings.jobs == 1 and not settings.ray  # trained here, its output on this console
     task = task or functools.partial(train_run if in_place else train_logged, settings, weights)
     failures = _train(settings, pending, task, label, log)
+    summary = None
     if settings.shard:
         log(f"shard {settings.shard}: {len(runs) - len(failures)} of {len(runs)} runs finished; once every shard has, "
             "the same command with --report (and without --shard) writes the summary")
-        summary = None
-    else:
+    elif finished(settings):  # of what finished, if anything did
         summary = write_report(settings, log)
     if failures:
         raise GridIncomplete(f"{len(failures)} run(s) failed; the others are in {settings.out}, and a re-run trains "
@@ -421,8 +422,9 @@ def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: 
         return failures
     slots = grid.device_slots(settings.device, settings.jobs, settings.gpus_per_run)
     if settings.jobs > 1:
-        where = ", ".join(f"GPUs {slot.visible}" if slot.visible else slot.device for slot in slots)
-        log(f"{len(pending)} runs {label}, {settings.jobs} at a time ({where}; {slots[0].threads} CPU thread(s) each)")
+        gpus = " | ".join(slot.visible for slot in slots if slot.visible)
+        where = f"GPUs {gpus}; " if gpus else ""
+        log(f"{len(pending)} runs {label}, {settings.jobs} at a time ({where}{slots[0].threads} CPU thread(s) each)")
         grid.run_in_slots(slots, pending, task, progress, done)
         return failures
     for number, run in enumerate(pending, 1):

@@ -96,12 +96,14 @@ def to_letterboxed(points: list[tuple[float, float]], params: dict) -> list[tupl
 
 def default_points(boxes: np.ndarray, width: int, height: int) -> list[tuple[float, float]]:
     """Where to look by default: the most confident detection's centre and the middle of its left edge, and the
-    background point farthest from every detection (``boxes``: x1, y1, x2, y2 rows, most confident first); without
-    detections, the centre and two points between it and the corners."""
+    background point (away from the borders) farthest from every detection (``boxes``: x1, y1, x2, y2 rows, most
+    confident first); without detections, the centre and two points between it and the corners."""
     if not len(boxes):
         return [(width / 2, height / 2), (width / 4, height / 4), (3 * width / 4, 3 * height / 4)]
     x1, y1, x2, y2 = boxes[0][:4]
-    grid = np.stack(np.meshgrid(np.linspace(0, width - 1, 24), np.linspace(0, height - 1, 24)), -1).reshape(-1, 2)
+    # Background candidates keep off the borders, where a window is cut by the edge of the map.
+    grid = np.stack(np.meshgrid(np.linspace(0.1 * width, 0.9 * width, 24), np.linspace(0.1 * height, 0.9 * height, 24)),
+                    -1).reshape(-1, 2)
     gaps = np.stack([np.maximum(np.maximum(b[0] - grid[:, 0], grid[:, 0] - b[2]), 0) ** 2
                      + np.maximum(np.maximum(b[1] - grid[:, 1], grid[:, 1] - b[3]), 0) ** 2 for b in boxes], 1)
     background = grid[int(np.argmax(gaps.min(1)))]
@@ -238,8 +240,9 @@ def draw(inspection: Inspection):
     image.imshow(inspection.image)
     for number, (x, y) in enumerate(points, 1):
         image.scatter([x], [y], s=90, facecolors="none", edgecolors="yellow", linewidths=2)
-        image.annotate(str(number), (x, y), xytext=(6, -6), textcoords="offset points", color="yellow",
-                       fontsize=11, weight="bold")
+        below_right = number % 2  # neighbouring points (a detection and its edge) label on opposite sides
+        image.annotate(str(number), (x, y), xytext=(7, -9) if below_right else (-14, 5), textcoords="offset points",
+                       color="yellow", fontsize=11, weight="bold")
     image.set_title(f"Input as the model sees it ({inspection.image.shape[1]} px), points 1-{len(points)}")
     image.axis("off")
     legend = fig.add_subplot(grid[0, 2:])
@@ -296,7 +299,7 @@ def _draw_carafe(fig, grid, row: int, view: LayerView, outside) -> None:
         axes.axis("off")
     axes = fig.add_subplot(grid[row, start + 2])
     centre = view.centre_weight.mean(0)
-    heat = axes.imshow(centre, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    heat = axes.imshow(centre, cmap="magma", vmin=0, vmax=max(float(centre.max()), 0.1), interpolation="nearest")
     low, median, high = np.percentile(centre, [5, 50, 95])
     axes.set_title(f"layer {view.index}: centre weight over the map\nmedian {median:.2f}, 5-95% {low:.2f}-{high:.2f}",
                    fontsize=9)
