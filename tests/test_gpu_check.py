@@ -132,3 +132,12 @@ def test_goals_say_whether_they_are_met_and_by_how_much():
                                                             "missed_by": pytest.approx(0.15)}
     assert gpu_check._goal("train_step_overhead_rtdetr_l", 0.01)["met"]
     assert gpu_check._goal("train_step_overhead_yolo11n", 0.2) == {"value": 0.2}  # measured, no target
+
+
+def test_compute_sanitizer_is_found_in_the_cuda_toolkit_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "cuda"))
+    tool = tmp_path / "cuda" / "compute-sanitizer" / "compute-sanitizer"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\n")
+    assert gpu_check.compute_sanitizer() == str(tool)

@@ -69,8 +69,7 @@ class Variant:
             "input pixel": n * groups * height * width,
         }
         if self.unit == "split":  # whole warps of output pixels, SPLIT_SLICES warps to a block
-            pixels = n * groups * height * width * scale**2
-            threads = -(-pixels // SPLIT_LANES) * SPLIT_LANES * SPLIT_SLICES
+            threads = -(-units["pixel"] // SPLIT_LANES) * SPLIT_LANES * SPLIT_SLICES
         else:
             threads = units[self.unit]
         dims = (n, channels, height, width, groups)

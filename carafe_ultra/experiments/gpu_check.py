@@ -37,6 +37,7 @@ import argparse
 import datetime
 import importlib
 import json
+import os
 import platform
 import re
 import shutil
@@ -54,7 +55,7 @@ import torch
 from .. import __version__
 from ..backends.cuda_backend import run_backward_features, run_backward_masks, run_forward, use_launcher
 from ..backends.kernel_types import Specialisation
-from ..backends.kernel_variants import SELECTED, variant_sets
+from ..backends.kernel_variants import SELECTED, VARIANTS, variant_sets
 from ..backends.torch_backend import reassemble, reassemble_backward
 from . import benchmark
 
@@ -126,18 +127,21 @@ def junit_counts(xml: Path) -> dict:
 
 def stage_sanitizer(ctx: Context) -> dict:
     """compute-sanitizer's tools, one run of the kernel exercise each, limited to our kernels."""
-    tool = shutil.which("compute-sanitizer")
+    tool = compute_sanitizer()
     if tool is None:
         launches = exercise_kernels(ctx.device) if ctx.dry_run else None
-        reason = "compute-sanitizer is not on the PATH (it comes with the CUDA toolkit)"
+        reason = "compute-sanitizer is not on the PATH nor in the CUDA toolkit's folders (it comes with the toolkit)"
         if launches is None:
             raise Skipped(reason)
         return {"sanitizer": {"errors": None, "tools": dict.fromkeys(SANITIZER_TOOLS, "not run")},
                 "status": "skipped", "detail": f"{reason}; the kernel exercise ran without it ({launches} launches)"}
     tools = {}
     for name in SANITIZER_TOOLS:
+        # Without PyTorch's caching allocator every tensor is an allocation of its own, so memcheck sees an access
+        # past a tensor's end even where the cache would have put another tensor there.
         run = subprocess.run([tool, "--tool", name, "--kernel-name", "kns=carafe_", sys.executable, "-m",
-                              "carafe_ultra", "gpu-check", "--exercise"], capture_output=True, text=True, cwd=ROOT)
+                              "carafe_ultra", "gpu-check", "--exercise"], capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
         print(f"--- compute-sanitizer --tool {name} (exit {run.returncode})", run.stdout[-20000:], run.stderr[-5000:],
               sep="\n")
         tools[name] = {**sanitizer_findings(run.stdout + run.stderr), "exit_code": run.returncode}
@@ -145,6 +149,17 @@ def stage_sanitizer(ctx: Context) -> dict:
     clean = errors == 0 and all(t["exit_code"] == 0 for t in tools.values())
     return {"sanitizer": {"errors": errors, "tools": tools}, "status": "passed" if clean else "failed",
             "detail": ", ".join(f"{name} {t['errors']}" for name, t in tools.items())}
+
+
+def compute_sanitizer() -> str | None:
+    """compute-sanitizer from the PATH, or from the CUDA toolkit's usual folders."""
+    found = shutil.which("compute-sanitizer")
+    candidates = [Path(found)] if found else []
+    for root in (os.environ.get("CUDA_HOME"), "/usr/local/cuda", *sorted(map(str, Path("/usr/local").glob("cuda-*")))):
+        if root:
+            candidates += [Path(root) / "bin" / "compute-sanitizer",
+                           Path(root) / "compute-sanitizer" / "compute-sanitizer"]
+    return next((str(path) for path in candidates if path.is_file()), None)
 
 
 def sanitizer_findings(output: str) -> dict:
@@ -381,10 +396,17 @@ def markdown(report: dict) -> str:
     bandwidth = report.get("copy_bandwidth_gbs")
     for dtype, kernels in report.get("variants", {}).items():
         lines += ["", f"Variants, {dtype}, reference case (copy bandwidth {bandwidth:.0f} GB/s):", "",
-                  "| kernel | variant | ms | GB/s | of copy bandwidth | max error |", "|---|---|---|---|---|---|"]
+                  "| kernel | variant | ms | GB/s | of copy bandwidth | max error | design |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {kernel} | {e['variant']} | {e['ms']:.4f} | {e['gbs']:.0f} | {e['gbs'] / bandwidth:.0%} "
-                  f"| {e['max_abs_error']:.2g} |" for kernel, entries in kernels.items() for e in entries]
+                  f"| {e['max_abs_error']:.2g} | {_design(kernel, e['variant'])} |"
+                  for kernel, entries in kernels.items() for e in entries]
     return "\n".join(lines) + "\n"
+
+
+def _design(kernel: str, name: str) -> str:
+    yardsticks = {"torch": "yardstick: the PyTorch path (what a fallback runs)",
+                  "torch_compile": "yardstick: the export path's plain ops under torch.compile"}
+    return yardsticks.get(name) or VARIANTS[kernel][name].summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
