@@ -141,3 +141,8 @@ def test_compute_sanitizer_is_found_in_the_cuda_toolkit_too(tmp_path, monkeypatc
     tool.parent.mkdir(parents=True)
     tool.write_text("#!/bin/sh\n")
     assert gpu_check.compute_sanitizer() == str(tool)
+
+
+def test_an_unknown_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no stage everything; the stages are tests, sanitizer, kernels, modules"):
+        gpu_check.run_check(tmp_path, dry_run=True, stages=("everything",))

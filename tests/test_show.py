@@ -131,6 +131,13 @@ def test_default_points_pick_a_detection_its_edge_and_the_background():
     assert default_points(np.zeros((0, 4)), 100, 60) == [(50, 30), (25, 15), (75, 45)]
 
 
+def test_the_python_function_checks_its_input_too(checkpoints, image):
+    from carafe_ultra.experiments.show import UsageError
+
+    with pytest.raises(UsageError, match="--imgsz must be a positive multiple of 32, got 100"):
+        inspect_image(checkpoints["yolo"], image, imgsz=100)
+
+
 def test_draw_returns_a_figure_for_the_arrays(checkpoints, image):
     inspection = inspect_image(checkpoints["rtdetr"], image, layers=[18], points=[(5, 5)], imgsz=IMGSZ)
     figure = draw(inspection)

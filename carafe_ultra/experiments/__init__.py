@@ -1,2 +1,3 @@
-"""The experiment tooling: the generated shapes data set, the baselines, the ablation and its report, and the
-benchmarks. It builds on the core (``carafe_ultra``); the core never imports it."""
+"""The experiment tooling: the generated shapes data set, the baselines, the ablation with its grid and report, the
+benchmarks and the kernels' static budget, the GPU check, and the figures of what an upsampler learned. It builds on
+the core (``carafe_ultra``); the core never imports it."""

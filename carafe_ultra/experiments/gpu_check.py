@@ -326,6 +326,9 @@ def run_check(out: Path, dry_run: bool = False, stages: tuple[str, ...] = STAGE_
               log: Callable[[str], None] = print) -> dict:
     """Run ``stages`` in order, each in a subprocess under its time limit; write the report, its tables and the log
     into ``out`` (the report after every stage, so that a run cut short keeps what it measured); return it."""
+    unknown = sorted(set(stages) - {stage.name for stage in STAGES})
+    if unknown:
+        raise ValueError(f"no stage {', '.join(unknown)}; the stages are {', '.join(STAGE_NAMES)}")
     out.mkdir(parents=True, exist_ok=True)
     report = {**_header(dry_run), "stages": [], "goals": {}}
     with open(out / LOG, "w") as log_file, tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:

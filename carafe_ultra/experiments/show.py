@@ -179,6 +179,8 @@ def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers
     :func:`default_points` of its detections). Raises :class:`UsageError` for input it cannot use."""
     import cv2
 
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
+        raise UsageError(f"--imgsz must be a positive multiple of 32, got {imgsz}")
     picture = image if isinstance(image, np.ndarray) else cv2.imread(str(image))
     if picture is None or picture.ndim != 3:
         raise UsageError(f"cannot read an image from {image} (expected a file OpenCV reads: PNG, JPEG, ...)")
@@ -367,8 +369,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.imgsz < 32 or args.imgsz % 32:
-        args.error(f"--imgsz must be a positive multiple of 32, got {args.imgsz}")
     try:
         _, inspection = show(args.checkpoint, args.image, args.layers, args.points, args.imgsz, args.out)
     except UsageError as error:
