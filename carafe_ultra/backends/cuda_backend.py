@@ -5,9 +5,10 @@
 - Features and masks keep their own dtypes (float32, float16, bfloat16 each): under autocast float16 features
   meet float32 masks and neither is converted. Accumulation is in float32, the output in the features' dtype.
 - Kernels run through a launcher (:mod:`.cupy_launcher` on GPUs). That seam lets the tests run these very ops
-  on CPU tensors through the host shim, and inject faults.
-- Checked on first use: the first call of each specialisation (dtype pair, kernel size, scale) on each device runs
-  the kernels on a small input with groups, borders and odd sizes, forward and both gradients, and compares them
+  on CPU tensors through the host shim, and inject faults. Which design of each kernel runs comes from the table in
+  :mod:`.kernel_variants`.
+- Checked on first use: the first call of each specialisation (dtype pair, kernel size, scale, the variants the
+  table picks) on each device runs the kernels on a small input with groups, borders and odd sizes, forward and both gradients, and compares them
   with the PyTorch path. Any failure (compile, library, launch, wrong numbers, NaN), then or later, warns once,
   naming the cause, the specialisation and the remedy; that specialisation then runs the PyTorch path for the rest
   of the process. ``CARAFE_ULTRA_BACKEND=cupy`` turns the failure into an error.
