@@ -206,6 +206,16 @@ def test_a_ray_task_that_cannot_see_out_fails_with_that_message(ray_cluster, tmp
     assert "must be on storage that every node sees" in str(error.value)
 
 
+def test_a_failing_ray_task_is_reported_and_the_others_finish(ray_cluster, tmp_path):
+    settings = tiny(tmp_path, None, device="cpu", ray="local", cpus_per_run=1, shard="0/1")
+    lines = []
+    with pytest.raises(GridIncomplete, match=r"carafe seed 0: RuntimeError: injected failure of carafe seed 0"):
+        run_ablation(settings, log=lines.append,
+                     task=functools.partial(grid_probe.record_but, ("carafe", 0), settings, None))
+    assert set(probes(tmp_path)) == {"nearest-0"}
+    assert any("carafe (seed 0) FAILED: RuntimeError: injected failure" in line for line in lines)
+
+
 def test_ctrl_c_cancels_the_outstanding_ray_tasks(ray_cluster, tmp_path, monkeypatch):
     settings = tiny(tmp_path, None, device="cpu", ray="local", cpus_per_run=1, shard="0/1")
 
