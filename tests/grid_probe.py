@@ -39,3 +39,10 @@ def record_but(failing, settings, weights, run, device) -> RunResult:
     if tuple(run) == tuple(failing):
         raise RuntimeError(f"injected failure of {run[0]} seed {run[1]}")
     return record(settings, weights, run, device, seconds=0)
+
+
+def die_on(failing, settings, weights, run, device) -> RunResult:
+    """End the worker process itself on the run ``failing`` (as a crash would); :func:`record` every other one."""
+    if tuple(run) == tuple(failing):
+        os._exit(1)
+    return record(settings, weights, run, device, seconds=0)

@@ -83,6 +83,14 @@ def test_jobs_give_each_run_gpus_of_its_own(tmp_path, jobs, per_run, seen):
     assert len({r["pid"] for r in runs.values()}) == jobs and {r["threads"] for r in runs.values()} == {max(1, os.cpu_count() // jobs)}
 
 
+def test_a_worker_that_dies_fails_its_run_and_its_slot_goes_on(tmp_path):
+    settings = tiny(tmp_path, None, jobs=2, seeds=[0, 1], shard="0/1")
+    with pytest.raises(GridIncomplete, match=r"carafe seed 0: BrokenProcessPool"):
+        run_ablation(settings, log=lambda line: None,
+                     task=functools.partial(grid_probe.die_on, ("carafe", 0), settings, None))
+    assert set(probes(tmp_path)) == {"nearest-0", "nearest-1", "carafe-1"}
+
+
 def test_console_shows_each_finished_epoch(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()

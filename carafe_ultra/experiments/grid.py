@@ -136,8 +136,12 @@ def run_in_slots(slots: list[Slot], runs: list[Run], task: Task, progress: Progr
     """Train ``runs`` one per slot at a time, each slot a worker process of its own; ``done(run, result, error)``
     after each (error: what it raised, as text)."""
     context = multiprocessing.get_context("spawn")
-    executors = [concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=prepare_process,
-                                                        initargs=(slot.visible, slot.threads)) for slot in slots]
+
+    def worker(slot: Slot) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=prepare_process,
+                                                      initargs=(slot.visible, slot.threads))
+
+    executors = [worker(slot) for slot in slots]
     queue, active = list(runs), {}
     try:
         while queue or active:
@@ -149,8 +153,10 @@ def run_in_slots(slots: list[Slot], runs: list[Run], task: Task, progress: Progr
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
             progress.poll([run for _, run in active.values()])
             for future in finished:
-                _, run = active.pop(future)
+                index, run = active.pop(future)
                 error = future.exception()
+                if isinstance(error, concurrent.futures.process.BrokenProcessPool):  # the worker died: a new one
+                    executors[index] = worker(slots[index])
                 done(run, None if error else future.result(), None if error is None else _describe(error))
     finally:
         for executor in executors:
