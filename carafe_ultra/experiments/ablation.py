@@ -269,8 +269,8 @@ def arm_costs(settings: Settings, arms: list[Arm], seeds: dict[str, int]) -> tup
 
 def latency_device(device: str) -> torch.device:
     """The device latencies are timed on: the first of an Ultralytics device string (``"0,1"`` -> cuda:0)."""
-    first = str(device).split(",")[0].strip()
-    return torch.device(f"cuda:{first}" if first.isdigit() else first)
+    ids = grid.gpu_ids(device)  # the one reading of Ultralytics' device strings
+    return torch.device("cuda", int(ids[0])) if ids else torch.device(str(device).strip())
 
 
 def device_description(device: torch.device) -> str:

@@ -63,8 +63,11 @@ class Case:
         features = torch.randn(self.n, self.channels, self.height, self.width, generator=generator)
         logits = torch.randn(self.n, self.kernel**2, self.height * self.scale, self.width * self.scale, generator=generator)
         masks = logits.softmax(dim=1)
-        dtypes = (getattr(torch, self.dtype), getattr(torch, self.mask_dtype or self.dtype))
-        return tuple(t.to(device, d).requires_grad_(requires_grad) for t, d in zip((features, masks), dtypes))
+        return tuple(t.to(device, d).requires_grad_(requires_grad) for t, d in zip((features, masks), self.dtypes()))
+
+    def dtypes(self) -> tuple[torch.dtype, torch.dtype]:
+        """(features' dtype, masks' dtype)."""
+        return getattr(torch, self.dtype), getattr(torch, self.mask_dtype or self.dtype)
 
 
 class PeakMemory:
@@ -221,8 +224,7 @@ def _input_sets(case: Case, device: torch.device, rotate: int) -> list[tuple[Ten
 
 def _case_bytes(case: Case, kernel: str) -> int:
     """The fewest bytes ``kernel`` moves on ``case`` (each input read once, each output written once)."""
-    dtypes = getattr(torch, case.dtype), getattr(torch, case.mask_dtype or case.dtype)
-    feature_bytes, mask_bytes = (torch.empty(0, dtype=d).element_size() for d in dtypes)
+    feature_bytes, mask_bytes = (torch.empty(0, dtype=d).element_size() for d in case.dtypes())
     outputs = case.n * case.channels * case.height * case.width * case.scale**2
     shape = {"channels": case.channels, "groups": 1, "kernel": case.kernel, "scale": case.scale}
     return round(outputs * min_bytes_per_output(kernel, shape, feature_bytes, mask_bytes))
@@ -288,7 +290,7 @@ def variant_timings(case: Case, device: torch.device, repeats: int, compile_back
     [{variant, ms, gbs, bandwidth ... }]. Each result's largest error against the PyTorch path in float64 comes with
     it (a wrong variant shows there, not as a fast time)."""
     sets = _input_sets(case, device, rotate)
-    dtypes = getattr(torch, case.dtype), getattr(torch, case.mask_dtype or case.dtype)
+    dtypes = case.dtypes()
     f64, m64, g64 = (t.double() for t in sets[0])
     want = {"forward": reassemble(f64, m64, case.kernel, 1, case.scale),
             **dict(zip(("backward_features", "backward_masks"),
