@@ -3,9 +3,9 @@ tasks on a real local Ray cluster (which hands out GPU ids without GPUs, so each
 shards for any scheduler, a report of what exists, and failures that lose nothing but themselves."""
 
 import functools
-import re
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -249,4 +249,85 @@ def test_ray_without_ray_installed_says_how_to_get_it(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", without_ray)
     with pytest.raises(RuntimeError, match=r'--ray needs Ray: pip install "carafe-ultra\[ray\]"'):
-        grid.run_on_ray("local", [], None, 0, 1, tmp_path, None, None)
+        grid.ray_request("local", 0, 1, 1)
+
+
+# --- Ray requests that fit the cluster -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nodes,gpus,cpus,fitted", [
+    ([(2, 0)], 0, None, (0, 2)),  # the default --workers 2 + 1 on a 2-CPU machine: as much as its node has
+    ([(16, 0)], 0, None, (0, 3)),  # never more than the default
+    ([(2, 0), (64, 4)], 1, None, (1, 3)),  # sized to the nodes that have the GPUs
+    ([(8, 1), (2, 2)], 2, None, (2, 2)),
+    ([(0, 0), (4, 1)], 0, 4, (0, 4)),  # an explicit request that some node fits stays as asked
+])
+def test_requests_are_fitted_to_the_nodes(nodes, gpus, cpus, fitted):
+    request = grid.fit_request(nodes, gpus, cpus, default_cpus=3)
+    assert (request.gpus, request.cpus) == fitted
+
+
+@pytest.mark.parametrize("nodes,gpus,cpus,message", [
+    ([(2, 0)], 0, 3, "3 CPU(s), but no node of the Ray cluster has that much; the largest has 2 CPU(s) and 0 GPU(s)"),
+    ([(2, 0), (4, 0)], 1, None,
+     "1 GPU(s) and 3 CPU(s), but no node .* the largest has 4 CPU(s) and 0 GPU(s) (2 node(s))"),
+    ([(64, 1), (2, 2)], 2, 4, "2 GPU(s) and 4 CPU(s), but no node .* the largest has 2 CPU(s) and 2 GPU(s)"),
+])
+def test_a_request_no_node_fits_is_refused(nodes, gpus, cpus, message):
+    with pytest.raises(grid.RayRequestError, match=re.escape(message).replace(r"\.\*", ".*")):
+        grid.fit_request(nodes, gpus, cpus, default_cpus=3)
+
+
+def test_default_options_fit_a_2_cpu_cluster(ray_cluster, tmp_path):
+    # --workers 2 (the default) used to ask for 3 CPUs on a 2-CPU instance, where Ray waits forever.
+    settings = tiny(tmp_path, None, device="cpu", ray="local", workers=Settings().workers, shard="0/1")
+    lines = []
+    run_ablation(settings, log=lines.append, task=record(settings, seconds=0))
+    assert any("as Ray tasks of 0 GPU(s) and 2 CPU(s) each" in line for line in lines)
+    assert {r["threads"] for r in probes(tmp_path).values()} == {2}
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--cpus-per-run", "3"], "each task would ask for 0 GPU(s) and 3 CPU(s), but no node"),
+    (["--device", "0", "--gpus-per-run", "3"], "each task would ask for 3 GPU(s) and 3 CPU(s), but no node"),
+])
+def test_a_request_larger_than_any_node_fails_at_once(ray_cluster, tmp_path, capsys, options, message):
+    from carafe_ultra.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", "--ray", "--epochs", "1", "--seeds", "0", "1", "--arms", "nearest", "carafe",
+              "--out", str(tmp_path), *options])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "the largest has 2 CPU(s) and 2 GPU(s) (1 node(s))" in error
+    assert not (tmp_path / "runs").exists()  # nothing was submitted, no data made
+
+
+def test_tasks_ray_never_starts_are_reported_not_waited_on(ray_cluster, tmp_path):
+    @ray_cluster.remote(num_cpus=2)
+    class Occupant:  # another job holding every CPU of the cluster
+        def ready(self):
+            return True
+
+    occupant = Occupant.remote()
+    ray_cluster.get(occupant.ready.remote())
+    try:
+        settings = tiny(tmp_path, None, device="cpu", ray="local", cpus_per_run=1, ray_timeout=3, shard="0/1")
+        lines = []
+        started = time.monotonic()
+        expected = (r"nearest seed 0: not started by Ray within 3 s \(asking for 0 GPU\(s\) and 1 CPU\(s\); free now: "
+                    r"0 CPU\(s\), 2 GPU\(s\)\); cancelled")
+        with pytest.raises(GridIncomplete, match=expected):
+            run_ablation(settings, log=lines.append, task=record(settings, seconds=0))
+        assert time.monotonic() - started < 30
+        assert sum("FAILED: not started by Ray" in line for line in lines) == 2
+    finally:
+        ray_cluster.kill(occupant)
+    assert probes(tmp_path) == {}
+    assert not list((tmp_path / "runs").glob(".driver-*"))  # nor the files that say a task started
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True])
+def test_a_wrong_ray_timeout_is_refused(value):
+    with pytest.raises(ValueError, match="ray_timeout must be a positive number of seconds"):
+        Settings(ray_timeout=value)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .._checks import is_number
 from ..integration import ultralytics_model
 from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
@@ -63,7 +64,8 @@ class Settings:
     jobs: int = 1  # runs trained at once on this machine, each in a worker process with its own GPUs (or CPU share)
     gpus_per_run: int | None = None  # GPUs of --device each run trains on (several: DDP); default: shared out evenly
     ray: str | None = None  # run each (arm, seed) as a Ray task: "local", "auto" or a cluster address
-    cpus_per_run: int | None = None  # Ray: CPUs each task asks for (default: its data loader workers + 1)
+    cpus_per_run: int | None = None  # Ray: CPUs each task asks for (default: its data loader workers + 1, as fits)
+    ray_timeout: float = 600.0  # Ray: seconds a task may wait to start while none of the grid's runs; then reported
     shard: str | None = None  # "I/N": run only every N-th run of the grid, from the I-th (for job arrays)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
@@ -93,6 +95,8 @@ class Settings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (is_number(self.ray_timeout) and self.ray_timeout > 0):
+            raise ValueError(f"ray_timeout must be a positive number of seconds, got {self.ray_timeout!r}")
         if self.shard is not None:
             grid.parse_shard(self.shard)
         if self.ray is None:
@@ -156,7 +160,7 @@ def base_checkpoint(settings: Settings) -> str:
 
 # Settings that say how runs are run, not what they learn: the base's cache key leaves them out.
 _HOW_IT_RUNS = ("out", "data", "device", "workers", "jobs", "arms", "seeds", "gpus_per_run", "ray", "cpus_per_run",
-                "shard")
+                "ray_timeout", "shard")
 
 
 def _base_settings(settings: Settings) -> Settings:
@@ -368,6 +372,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
     fails is reported and the others go on; then :class:`GridIncomplete` is raised, after the summary of the others
     is written.
     """
+    request = ray_request(settings) if settings.ray else None  # a request that fits no node fails before anything
     if not settings.data:
         default_data(settings.imgsz)  # made once, before the runs that read it
     weights = pretrained_base(settings, log) if settings.pretrain_epochs else settings.weights
@@ -385,7 +390,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
         f", from {weights}" if weights else "")
     in_place = settings.jobs == 1 and not settings.ray  # trained here, its output on this console
     task = task or functools.partial(train_run if in_place else train_logged, settings, weights)
-    failures = _train(settings, pending, task, label, log)
+    failures = _train(settings, pending, task, label, log, request)
     summary = None
     if settings.shard:
         log(f"shard {settings.shard}: {len(runs) - len(failures)} of {len(runs)} runs finished; once every shard has, "
@@ -398,9 +403,18 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
     return summary
 
 
-def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: str,
-           log: Callable[[str], None]) -> dict[grid.Run, str]:
-    """Train ``pending`` where ``settings`` says; {run: error} of those that failed."""
+def ray_request(settings: Settings) -> grid.RayRequest:
+    """What each Ray task of ``settings`` asks for, fitted to the cluster (connecting to it): ``--gpus-per-run`` GPUs
+    (default 1 on GPUs, 0 on a CPU) and ``--cpus-per-run`` CPUs (default ``--workers`` + 1, at most what the largest
+    node has). Raises :class:`grid.RayRequestError` if no node can run such a task."""
+    gpus = settings.gpus_per_run or (0 if grid.gpu_ids(settings.device) is None else 1)
+    return grid.ray_request(settings.ray, gpus, settings.cpus_per_run, settings.workers + 1)
+
+
+def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: str, log: Callable[[str], None],
+           request: grid.RayRequest | None) -> dict[grid.Run, str]:
+    """Train ``pending`` where ``settings`` says (as Ray tasks of ``request``, with ``settings.ray``); {run: error}
+    of those that failed."""
     failures: dict[grid.Run, str] = {}
     count = iter(range(1, len(pending) + 1))
 
@@ -414,11 +428,10 @@ def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: 
                 f"mAP50 {result.mAP50:.3f}, mAP50-95 {result.mAP50_95:.3f}")
 
     progress = grid.Progress(functools.partial(_folder, settings), settings.epochs, log)
-    if settings.ray:
-        gpus = settings.gpus_per_run or (0 if grid.gpu_ids(settings.device) is None else 1)
-        cpus = settings.cpus_per_run or settings.workers + 1
-        log(f"{len(pending)} runs {label}, as Ray tasks of {gpus} GPU(s) and {cpus} CPU(s) each ({settings.ray})")
-        grid.run_on_ray(settings.ray, pending, task, gpus, cpus, Path(settings.out).resolve(), progress, done)
+    if request is not None:
+        log(f"{len(pending)} runs {label}, as Ray tasks of {request.gpus} GPU(s) and {request.cpus} CPU(s) each "
+            f"({settings.ray})")
+        grid.run_on_ray(request, pending, task, Path(settings.out).resolve(), progress, done, settings.ray_timeout)
         return failures
     slots = grid.device_slots(settings.device, settings.jobs, settings.gpus_per_run)
     if settings.jobs > 1:
@@ -550,7 +563,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run each (arm, seed) as a Ray task: alone a Ray instance on this machine, or 'auto' or "
                              "an address for a running cluster (then --out must be on storage every node sees)")
     parser.add_argument("--cpus-per-run", dest="cpus_per_run", type=int, default=None,
-                        help="--ray: CPUs each task asks for (default: --workers + 1)")
+                        help="--ray: CPUs each task asks for (default: --workers + 1, at most the largest node's)")
+    parser.add_argument("--ray-timeout", dest="ray_timeout", type=float, default=defaults.ray_timeout,
+                        metavar="SECONDS", help="--ray: report and cancel tasks not started after this long while "
+                                                "none of the grid's runs (default: %(default)g)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="run only every N-th run of the grid, from the I-th (0-based), e.g. a job array's "
                              "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then --report once")
@@ -577,7 +593,7 @@ def main(args: argparse.Namespace) -> None:
             write_report(settings)
         elif run_ablation(settings) is None:  # a shard: no summary yet
             return
-    except FileNotFoundError as error:  # --report before any run finished
+    except (FileNotFoundError, grid.RayRequestError) as error:  # --report before any run finished; no node fits
         args.error(str(error))
     except GridIncomplete as error:
         if not settings.shard:

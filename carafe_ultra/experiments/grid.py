@@ -7,7 +7,9 @@ what gets distributed; its runs are independent (each writes its own folder and 
   Ultralytics' device ids ``0`` or ``0,1``, so a run never shares a GPU with another; a slot of several GPUs trains
   with Ultralytics' DDP on a port of its own (:func:`ddp_port`), so two DDP runs never race for one.
 - **Ray.** Each run is a Ray Core task asking for ``--gpus-per-run`` GPUs and ``--cpus-per-run`` CPUs; Ray places
-  it and hides the other GPUs from it, the result comes back to the driver.
+  it and hides the other GPUs from it, the result comes back to the driver. The request is fitted to the cluster's
+  nodes before anything is submitted (a request no node can run would wait forever), and tasks Ray does not start
+  within a deadline are reported, not waited on.
 - **Shards.** ``--shard I/N`` takes every N-th run of the grid, the same split on every machine.
 
 A run that fails is reported with its error and the others go on; runs that finished wrote ``result.json``, so a
@@ -22,6 +24,7 @@ import csv
 import multiprocessing
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,19 +178,65 @@ def _ray():
     return ray
 
 
-def run_on_ray(address: str, runs: list[Run], task: Task, gpus: int, cpus: int, out: Path, progress: Progress,
-               done: Callable[[Run, object | None, str | None], None]) -> None:
-    """Train ``runs`` as Ray tasks of ``gpus`` GPUs and ``cpus`` CPUs each, on the cluster at ``address`` ("local":
-    a Ray instance on this machine; "auto": the running cluster; or its address), unless Ray is initialised already.
-    Ctrl-C cancels what is still outstanding."""
+class RayRequestError(ValueError):
+    """What each task would ask for fits no node of the Ray cluster: nothing was submitted."""
+
+
+@dataclass(frozen=True)
+class RayRequest:
+    """What each run's Ray task asks for."""
+
+    gpus: int
+    cpus: int
+
+
+def fit_request(nodes: list[tuple[float, float]], gpus: int, cpus: int | None, default_cpus: int) -> RayRequest:
+    """The request of each task on a cluster whose nodes have ``nodes`` (CPUs, GPUs) in all: ``gpus`` GPUs and
+    ``cpus`` CPUs, or when ``cpus`` is None ``default_cpus`` but no more than the largest node that has the GPUs has.
+    Raises :class:`RayRequestError` naming the request and the largest node when no node can run such a task (Ray
+    would keep it pending forever)."""
+    with_gpus = [cpu for cpu, gpu in nodes if gpu >= gpus and cpu >= 1]
+    if cpus is None and with_gpus:
+        cpus = max(1, min(default_cpus, int(max(with_gpus))))
+    wanted = cpus if cpus is not None else default_cpus
+    if not any(cpu >= wanted for cpu in with_gpus):
+        cpu, gpu = max(nodes, key=lambda node: (node[1], node[0]), default=(0, 0))
+        raise RayRequestError(
+            f"--ray: each task would ask for {gpus} GPU(s) and {wanted} CPU(s), but no node of the Ray cluster has "
+            f"that much; the largest has {cpu:g} CPU(s) and {gpu:g} GPU(s) ({len(nodes)} node(s)). Ask for less "
+            "(--gpus-per-run, --cpus-per-run, --device cpu) or add a node that large")
+    return RayRequest(gpus, wanted)
+
+
+def ray_request(address: str, gpus: int, cpus: int | None, default_cpus: int) -> RayRequest:
+    """Connect to the Ray cluster at ``address`` ("local": a Ray instance on this machine, sized to it; "auto": the
+    running cluster; or its address) unless Ray is initialised already, and fit each task's request to its nodes
+    (:func:`fit_request`)."""
     ray = _ray()
     if not ray.is_initialized():
         ray.init(address=None if address == "local" else address)
+    nodes = [(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0))
+             for node in ray.nodes() if node.get("Alive")]
+    return fit_request(nodes, gpus, cpus, default_cpus)
+
+
+def run_on_ray(request: RayRequest, runs: list[Run], task: Task, out: Path, progress: Progress,
+               done: Callable[[Run, object | None, str | None], None], timeout: float = 600.0) -> None:
+    """Train ``runs`` as Ray tasks of ``request``'s GPUs and CPUs each, on the cluster :func:`ray_request` connected
+    to. Tasks that Ray has not started after ``timeout`` seconds during which none of the grid's tasks ran (the
+    cluster is busy with other work, or lost the nodes that fit) are cancelled and reported as failed. Ctrl-C
+    cancels what is still outstanding."""
+    ray = _ray()
     marker = out / "runs" / f".driver-{uuid.uuid4().hex}"  # the tasks check that they see the driver's --out
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(socket.gethostname() + "\n")
-    remote = ray.remote(_ray_task).options(num_gpus=gpus, num_cpus=cpus, max_retries=0)
-    pending = {remote.remote(task, run, gpus, cpus, str(marker)): run for run in runs}
+    remote = ray.remote(_ray_task).options(num_gpus=request.gpus, num_cpus=request.cpus, max_retries=0)
+    pending, started = {}, {}
+    for number, run in enumerate(runs):
+        started_path = marker.with_name(f"{marker.name}.{number}.started")  # the task writes it when it starts
+        ref = remote.remote(task, run, request.gpus, request.cpus, str(marker), str(started_path))
+        pending[ref], started[ref] = run, started_path
+    idle_since = time.monotonic()
     try:
         while pending:
             finished, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
@@ -199,20 +248,38 @@ def run_on_ray(address: str, runs: list[Run], task: Task, gpus: int, cpus: int, 
                 except ray.exceptions.RayError as error:
                     cause = getattr(error, "cause", None)
                     done(run, None, _describe(cause) if isinstance(cause, BaseException) else str(error))
+            if finished or any(started[ref].exists() for ref in pending):
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > timeout:
+                for ref, run in list(pending.items()):
+                    ray.cancel(ref, force=True)
+                    del pending[ref]
+                    done(run, None, f"not started by Ray within {timeout:g} s (asking for {request.gpus} GPU(s) and "
+                                    f"{request.cpus} CPU(s); free now: {_free(ray)}); cancelled")
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
     finally:
         marker.unlink(missing_ok=True)
+        for path in started.values():
+            path.unlink(missing_ok=True)
 
 
-def _ray_task(task: Task, run: Run, gpus: int, cpus: int, marker: str):
-    """One run on a Ray worker: Ray made its ``gpus`` GPUs the only visible ones; train there."""
+def _free(ray) -> str:
+    free = ray.available_resources()
+    return f"{free.get('CPU', 0):g} CPU(s), {free.get('GPU', 0):g} GPU(s)"
+
+
+def _ray_task(task: Task, run: Run, gpus: int, cpus: int, marker: str, started: str | None = None):
+    """One run on a Ray worker: Ray made its ``gpus`` GPUs the only visible ones; train there. ``started``: a file
+    to write first, which tells the driver the task runs."""
     if not Path(marker).is_file():
         out = Path(marker).parents[1]
         raise FileNotFoundError(f"--out {out} is not visible on {socket.gethostname()}: the ablation's --out must be "
                                 "on storage that every node sees (the driver and the tasks exchange results there)")
+    if started:
+        Path(started).touch()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") if gpus else None
     prepare_process(visible, cpus)
     return task(run, ",".join(str(i) for i in range(gpus)) if gpus else "cpu")
