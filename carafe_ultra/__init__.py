@@ -1,17 +1,20 @@
 """CARAFE (Content-Aware ReAssembly of FEatures) for PyTorch and Ultralytics RT-DETR/YOLO models.
 
-The core, bottom up: ``_checks`` -> ``backends`` -> ``functional`` (:func:`carafe`) -> ``module`` (:class:`CARAFE`)
-and ``dysample`` (:class:`DySample`) -> ``upsamplers`` (the table of upsamplers) -> ``integration`` (Ultralytics)
+The core, bottom up: ``_checks`` -> ``backends`` -> ``functional`` (:func:`carafe`) -> ``module`` (:class:`CARAFE`),
+``dysample`` (:class:`DySample`) and ``eucb`` (:class:`EUCB`) -> ``upsamplers`` (the table of upsamplers), with
+``resnet`` (:class:`ResNetBasicLayer`, RT-DETR-R18's backbone) -> ``integration`` (Ultralytics)
 -> ``yamls`` (model YAMLs). The experiment tooling (data, baselines, ablation, report, benchmark) lives in
 ``carafe_ultra.experiments``; the core never imports it.
 """
 
 from .dysample import DySample
+from .eucb import EUCB
 from .functional import carafe
 from .integration import UnsupportedUltralyticsError, register
 from .module import CARAFE
+from .resnet import ResNetBasicLayer
 from .yamls import carafe_yaml, convert_yaml, model_dir, model_yaml
 
 __version__ = "0.2.0"
-__all__ = ["CARAFE", "DySample", "UnsupportedUltralyticsError", "__version__", "carafe", "carafe_yaml",
-           "convert_yaml", "model_dir", "model_yaml", "register"]
+__all__ = ["CARAFE", "EUCB", "DySample", "ResNetBasicLayer", "UnsupportedUltralyticsError", "__version__", "carafe",
+           "carafe_yaml", "convert_yaml", "model_dir", "model_yaml", "register"]

@@ -1,5 +1,5 @@
-"""Ultralytics glue: make our upsamplers (``CARAFE``, ``DySample``) YAML modules that parse_model treats like
-``Conv``.
+"""Ultralytics glue: make our modules (the upsamplers ``CARAFE``, ``DySample``, ``EUCB`` and the ResNet-18 stage
+``ResNetBasicLayer``) YAML modules that parse_model treats like ``Conv``.
 
 Ultralytics has no module registry: ``parse_model`` resolves YAML names from the globals of
 ``ultralytics.nn.tasks`` and decides which modules get ``c1`` prepended and ``c2`` width-scaled from a
@@ -25,7 +25,15 @@ import torch
 from torch import nn
 
 from .module import CARAFE
-from .upsamplers import OUR_MODULES
+from .resnet import BasicBlock, ResNetBasicLayer
+from .upsamplers import UPSAMPLERS
+
+# Ours, by YAML module name: what register() injects into Ultralytics (the upsamplers of the table, then the layers
+# of the base models we ship).
+OUR_MODULES: dict[str, type[nn.Module]] = {
+    **{u.module: u.module_class for u in UPSAMPLERS.values() if u.module_class}, "ResNetBasicLayer": ResNetBasicLayer}
+# Classes a checkpoint of ours pickles: what safe loading must allow besides torch's and Ultralytics' own.
+_CHECKPOINT_CLASSES = [*OUR_MODULES.values(), BasicBlock]
 
 SUPPORTED_ULTRALYTICS = ">=8.3.65,<8.5"
 _MIN_VERSION, _MAX_VERSION = (8, 3, 65), (8, 5)
@@ -47,7 +55,7 @@ def _unsupported(version: str, why: str) -> UnsupportedUltralyticsError:
 
 
 def register() -> None:
-    """Teach Ultralytics the ``CARAFE`` and ``DySample`` YAML modules (idempotent).
+    """Teach Ultralytics our YAML modules, :data:`OUR_MODULES` (idempotent).
 
     Runs automatically when ``ultralytics.nn.tasks`` is imported in an environment where carafe-ultra is
     installed (see ``_carafe_ultra_autoload``); call it yourself only with ``CARAFE_ULTRA_AUTOREGISTER=0``.
@@ -72,7 +80,7 @@ def register() -> None:
     sys.modules["ultralytics.nn"].parse_model = parse_model  # the package re-exports it
     # ULTRALYTICS_SAFE_LOAD=1 loads checkpoints weights-only, allowing torch's and Ultralytics' classes; ours join
     # that allow-list (process-wide, as Ultralytics' own entries are).
-    torch.serialization.add_safe_globals(list(OUR_MODULES.values()))
+    torch.serialization.add_safe_globals(_CHECKPOINT_CLASSES)
     _register_flops_rule()
 
 
@@ -217,5 +225,5 @@ def ultralytics_model(model: str | Path):
     return RTDETR(model) if "rtdetr" in Path(model).stem.lower() else YOLO(model)
 
 
-__all__ = ["SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "conv_like_modules", "register",
+__all__ = ["OUR_MODULES", "SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "conv_like_modules", "register",
            "ultralytics_model", "yaml_module_class"]

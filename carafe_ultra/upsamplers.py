@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .dysample import DySample
+from .eucb import EUCB
 from .module import CARAFE
 
 
@@ -76,11 +77,9 @@ UPSAMPLERS: dict[str, Upsampler] = {
         Upsampler("convtranspose", "nn.ConvTranspose2d", lambda c, s: [c, s, s], None),  # learned 2×2 stride-2
         Upsampler("carafe", "CARAFE", lambda c, s: [c, 5, s], 2, CARAFE),
         Upsampler("dysample", "DySample", lambda c, s: [c, s], 1, DySample),
+        Upsampler("eucb", "EUCB", lambda c, s: [c, s], 1, EUCB),
     )
 }
-
-# Ours, by YAML module name: what register() injects into Ultralytics.
-OUR_MODULES: dict[str, type[nn.Module]] = {u.module: u.module_class for u in UPSAMPLERS.values() if u.module_class}
 
 
 def upsampler(name: str) -> Upsampler:

@@ -10,7 +10,7 @@ import torch
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
-from carafe_ultra import CARAFE, DySample, convert_yaml, model_yaml
+from carafe_ultra import CARAFE, EUCB, DySample, convert_yaml, model_yaml
 from carafe_ultra.experiments import ablation
 from carafe_ultra.experiments.ablation import (
     Settings,
@@ -28,14 +28,15 @@ from carafe_ultra.upsamplers import UPSAMPLERS
 from tests.ultralytics_helpers import tiny_dataset
 
 UPSAMPLER_TYPES = {"nearest": torch.nn.Upsample, "bilinear": torch.nn.Upsample, "carafe": CARAFE,
-                   "convtranspose": torch.nn.ConvTranspose2d, "dysample": DySample}
+                   "convtranspose": torch.nn.ConvTranspose2d, "dysample": DySample, "eucb": EUCB}
 
 
 def test_every_upsampler_has_its_module_type_here():
     assert set(UPSAMPLER_TYPES) == set(UPSAMPLERS)
 
 
-@pytest.mark.parametrize("family", ["yolov8n.yaml", "yolov8s-carafe.yaml", "yolo11n.yaml", "rtdetr-l.yaml"])
+@pytest.mark.parametrize("family", ["yolov8n.yaml", "yolov8s-carafe.yaml", "yolo11n.yaml", "rtdetr-l.yaml",
+                                    "rtdetr-r18.yaml"])
 @pytest.mark.parametrize("arm", list(UPSAMPLERS))
 def test_every_arm_builds_with_the_families_channels(family, arm, tmp_path):
     model = ultralytics_model(convert_yaml(family, arm, tmp_path)).model
@@ -91,6 +92,14 @@ def test_parallel_jobs_log_each_run_to_its_file(tmp_path, data):
     for arm in ("nearest", "carafe"):
         log = (tmp_path / "out" / "runs" / f"{arm}-seed0.log").read_text()
         assert "1 epochs completed" in log and (tmp_path / "out" / "runs" / f"{arm}-seed0" / "result.json").is_file()
+
+
+def test_rtdetr_r18_as_the_base_of_an_ablation(tmp_path, data):
+    summary = run_ablation(tiny(tmp_path, data, model="rtdetr-r18.yaml", arms=["nearest", "eucb"]))
+    arms = {a["upsampler"]: a for a in summary["arms"]}
+    assert list(arms) == ["nearest", "eucb"] and arms["eucb"]["params"] > arms["nearest"]["params"] > 19_000_000
+    trained = ultralytics_model(tmp_path / "out" / "runs" / "eucb-seed0" / "weights" / "best.pt")
+    assert type(trained).__name__ == "RTDETR" and sum(isinstance(m, EUCB) for m in trained.model.modules()) == 2
 
 
 def batches_seen(arm, seed, settings, data):

@@ -137,13 +137,17 @@ def test_safe_loading_validates_a_carafe_checkpoint(yolo26, data):
 SAFE_LOAD = ("import sys\n"
              "from ultralytics.nn.tasks import torch_safe_load\n"
              "checkpoint, _ = torch_safe_load(sys.argv[1], safe_only=True)\n"
-             "print(sorted({type(m).__name__ for m in checkpoint['model'].modules()} & {'CARAFE', 'DySample'}))\n")
+             "ours = {'BasicBlock', 'CARAFE', 'DySample', 'EUCB', 'ResNetBasicLayer'}\n"
+             "print(sorted({type(m).__name__ for m in checkpoint['model'].modules()} & ours))\n")
 
 
-@pytest.mark.parametrize("upsampler,loaded", [("carafe", "['CARAFE']"), ("dysample", "['DySample']")])
-def test_safe_loading_in_a_fresh_process(upsampler, loaded, tmp_path):
+@pytest.mark.parametrize("model,upsampler,loaded", [
+    ("yolov8n.yaml", "carafe", "['CARAFE']"), ("yolov8n.yaml", "dysample", "['DySample']"),
+    ("yolov8n.yaml", "eucb", "['EUCB']"),
+    ("rtdetr-r18.yaml", "carafe", "['BasicBlock', 'CARAFE', 'ResNetBasicLayer']")])
+def test_safe_loading_in_a_fresh_process(model, upsampler, loaded, tmp_path):
     path = tmp_path / f"{upsampler}.pt"
-    ultralytics_model(convert_yaml("yolov8n.yaml", upsampler, tmp_path)).save(path)
+    ultralytics_model(convert_yaml(model, upsampler, tmp_path)).save(path)
     run = subprocess.run([sys.executable, "-c", SAFE_LOAD, str(path)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith(loaded), run.stderr[-3000:]
     # Without the registration (which puts our classes on the allow-list), the same load is refused.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from ultralytics import RTDETR, YOLO
 
-from carafe_ultra import CARAFE, model_yaml
+from carafe_ultra import CARAFE, ResNetBasicLayer, model_yaml
 from tests.ultralytics_helpers import COMMON, ENV, YOLO_CLI, tiny_dataset, yolo
 
 
@@ -173,4 +173,22 @@ def test_python_api_rtdetr_end_to_end(data, tmp_path):
     onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         expected = RTDETR(best).model.float().eval().fuse()(x)[0].numpy()
+    assert np.abs(onnx_out - expected).max() <= 1e-3
+
+
+def test_cli_rtdetr_r18_train_val_export(data, tmp_path):
+    yolo("train", tmp_path, model=model_yaml("rtdetr-r18-carafe.yaml"), data=data, epochs=1, project=tmp_path,
+         name="r18")
+    best = tmp_path / "r18" / "weights" / "best.pt"
+    assert "all" in yolo("val", tmp_path, model=best, data=data, project=tmp_path, name="val")
+    yolo("export", tmp_path, model=best, format="onnx", batch=1)
+    import onnxruntime
+
+    reloaded = RTDETR(best).model.float().eval()
+    assert carafe_count(reloaded) == 2 and sum(isinstance(m, ResNetBasicLayer) for m in reloaded.modules()) == 4
+    session = onnxruntime.InferenceSession(str(best.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = reloaded.fuse()(x)[0].numpy()
     assert np.abs(onnx_out - expected).max() <= 1e-3

@@ -10,7 +10,7 @@ import yaml
 
 from carafe_ultra import carafe_yaml, convert_yaml, model_dir, model_yaml
 from carafe_ultra.yamls import find_model_yaml
-from tests.ultralytics_helpers import SHIPPED_FROM
+from tests.ultralytics_helpers import SHIPPED_BASES, SHIPPED_FROM
 from tests.ultralytics_helpers import STOCK_MODELS as STOCK
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped YAMLs' one source: the checkout's models/
@@ -22,7 +22,8 @@ def rows(path):
 
 
 def test_every_shipped_yaml_is_the_converters_output(tmp_path):
-    assert {p.name for p in (ROOT / "models").glob("*.yaml")} == set(SHIPPED_FROM) and model_dir() == ROOT / "models"
+    assert {p.name for p in (ROOT / "models").glob("*.yaml")} == set(SHIPPED_FROM) | SHIPPED_BASES
+    assert model_dir() == ROOT / "models"
     for name, stock in SHIPPED_FROM.items():
         written = carafe_yaml(stock.name, tmp_path)
         assert Path(written).name == name
@@ -43,6 +44,7 @@ def test_conversion_keeps_every_other_line_and_writes_carafe_rows(tmp_path):
 @pytest.mark.parametrize("upsampler,row", [("nearest", ["nn.Upsample", ["None", 2, "nearest"]]),
                                            ("bilinear", ["nn.Upsample", ["None", 2, "bilinear"]]),
                                            ("dysample", ["DySample", [256, 2]]),
+                                           ("eucb", ["EUCB", [256, 2]]),
                                            ("convtranspose", ["nn.ConvTranspose2d", [256, 2, 2]])])
 def test_every_upsampler_writes_its_rows_with_the_feeding_layers_channels(upsampler, row, tmp_path):
     path = convert_yaml("rtdetr-l-carafe.yaml", upsampler, tmp_path)
@@ -57,7 +59,7 @@ def test_our_yaml_converted_to_nearest_is_the_stock_model(tmp_path):
 
 def test_a_model_without_upsampling_rows_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"yolov6n.yaml \(.*yolov6.yaml\) has no upsampling row \(CARAFE, DySample, "
-                                         r"nn.Upsample\) to replace"):
+                                         r"EUCB, nn.Upsample\) to replace"):
         carafe_yaml("yolov6n.yaml", tmp_path)
 
 

@@ -19,7 +19,10 @@ def tiny_dataset(root: Path) -> str:
 
 
 STOCK_MODELS = Path(ultralytics.__file__).parent / "cfg" / "models"
-# Each shipped YAML and the stock Ultralytics file it is converted from.
+MODELS = Path(__file__).resolve().parents[1] / "models"  # the shipped YAMLs' one source
+# The base models we ship that Ultralytics does not (written by hand, with nearest upsampling).
+SHIPPED_BASES = {"rtdetr-r18.yaml"}
+# Each shipped CARAFE YAML and the file it is converted from (a stock Ultralytics file or one of our bases).
 SHIPPED_FROM = {
     "rtdetr-l-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-l.yaml",
     "rtdetr-x-carafe.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-x.yaml",
@@ -29,6 +32,7 @@ SHIPPED_FROM = {
     "yolo11-carafe.yaml": STOCK_MODELS / "11" / "yolo11.yaml",
     "yolo12-carafe.yaml": STOCK_MODELS / "12" / "yolo12.yaml",
     "yolo26-carafe.yaml": STOCK_MODELS / "26" / "yolo26.yaml",
+    "rtdetr-r18-carafe.yaml": MODELS / "rtdetr-r18.yaml",
 }
 
 
