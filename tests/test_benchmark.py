@@ -113,19 +113,33 @@ def test_gpu_report_helpers_without_a_gpu():
     assert "forward float16: row 0.050 ms" in text and "module dysample" in text
 
 
-def test_export_cost_counts_nodes_and_times_both_runtimes():
+def test_export_cost_counts_nodes_and_times_each_runtime_in_a_process_of_its_own(monkeypatch):
     pytest.importorskip("openvino")
-    from carafe_ultra.experiments.export_cost import export_cost, format_export_cost
+    from carafe_ultra.experiments import export_cost as cost
 
-    result = export_cost("yolov8n.yaml", imgsz=64, repeats=2)
+    processes = []
+    timed = cost._timed_in_a_process_of_its_own
+    monkeypatch.setattr(cost, "_timed_in_a_process_of_its_own",
+                        lambda runtime, *args: processes.append(runtime) or timed(runtime, *args))
+    pytest.importorskip("nncf")
+    result = cost.export_cost("yolov8n.yaml", imgsz=64, repeats=2, rounds=2, profile=True)
+    # Never two runtimes in one process.
+    assert processes == ["onnxruntime", "onnxruntime", "openvino", "openvino", "openvino-int8", "openvino-int8"]
     nodes = result["onnx_nodes"]
     assert result["carafe_layers"] == 2 and nodes["nearest"]["by_op"]["Resize"] == 2
     assert "Resize" not in nodes["carafe"]["by_op"] or nodes["carafe"]["by_op"]["Resize"] == 0
     assert result["nodes_added"] == nodes["carafe"]["total"] - nodes["nearest"]["total"] > 0
-    assert set(result["latency_ms"]) == {"onnxruntime", "openvino"}
+    assert set(result["latency_ms"]) == {"onnxruntime", "openvino", "openvino-int8"}
+    assert result["fake_quantize"]["carafe"] >= result["fake_quantize"]["nearest"] > 0
     for ms in result["latency_ms"].values():
-        assert ms["nearest"] > 0 and ms["carafe"] > 0 and ms["ratio"] == ms["carafe"] / ms["nearest"]
-    assert "ONNX nodes:" in format_export_cost(result)
+        ratios = [r["carafe"] / r["nearest"] for r in ms["per_round"]]
+        assert len(ratios) == 2 and ms["ratio"] == pytest.approx(sum(ratios) / 2)
+        assert ms["ratio_range"] == [min(ratios), max(ratios)] and ms["nearest"] > 0 and ms["carafe"] > 0
+    profile = result["profile"]
+    assert 0 < profile["carafe_layers_ms"] < profile["total_ms"]
+    assert profile["carafe_layers_by_op_ms"]["MatMul"] > 0 and "Resize" not in profile["carafe_layers_by_op_ms"]
+    text = cost.format_export_cost(result)
+    assert "ONNX nodes:" in text and "each runtime in a process of its own" in text and "in its CARAFE layers" in text
 
 
 def test_the_notes_hold_the_budget_of_every_variant():

@@ -13,6 +13,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,59 @@ def test_safe_loading_in_a_fresh_process(model, upsampler, loaded, tmp_path):
     unregistered = subprocess.run([sys.executable, "-c", SAFE_LOAD, str(path)], capture_output=True, text=True,
                                   timeout=300, env={**os.environ, "CARAFE_ULTRA_AUTOREGISTER": "0"})
     assert unregistered.returncode != 0 and "outside the supported Ultralytics checkpoint format" in unregistered.stderr
+
+
+def test_carafe_exports_to_onnx_as_one_gather_and_one_matmul_per_layer(tmp_path):
+    import onnx
+
+    model = ultralytics_model(model_yaml("yolov8n-carafe.yaml"))
+    model.save(tmp_path / "carafe.pt")
+    graph = onnx.load(ultralytics_model(tmp_path / "carafe.pt").export(format="onnx", imgsz=64)).graph
+    for layer in (10, 13):  # the CARAFE rows of yolov8.yaml
+        ops = Counter(node.op_type for node in graph.node if node.name.startswith(f"/model.{layer}/"))
+        assert ops["MatMul"] == 1 and ops["Gather"] == 1, ops  # the contraction over the taps, the windows
+        assert ops["Mul"] == ops["Resize"] == 0, ops  # no tap-by-tap multiply-adds, no upsampled copy
+
+
+def test_dynamic_onnx_export_agrees_with_pytorch_at_every_size(tmp_path):
+    import onnxruntime
+
+    model = ultralytics_model(convert_yaml("yolov8n.yaml", "carafe", tmp_path, {"groups": 2}))
+    model.save(tmp_path / "carafe.pt")
+    network = ultralytics_model(tmp_path / "carafe.pt").model.float().eval().fuse()
+    path = ultralytics_model(tmp_path / "carafe.pt").export(format="onnx", imgsz=64, dynamic=True)
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for shape in ((1, 3, 64, 64), (2, 3, 64, 96), (1, 3, 96, 32)):
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            want = network(x)[0].numpy()
+        assert got.shape == want.shape and np.abs(got - want).max() <= 1e-3 * max(1.0, np.abs(want).max()), shape
+
+
+@needs("nncf")
+def test_openvino_int8_export_runs_and_keeps_the_reassembly_in_floating_point(data, tmp_path):
+    import openvino
+
+    ultralytics_model(model_yaml("yolov8n-carafe.yaml")).save(tmp_path / "carafe.pt")
+    folder = export_int8(tmp_path / "carafe.pt", data)
+    (xml,) = Path(folder).glob("*.xml")
+    core = openvino.Core()
+    model = core.read_model(xml)
+    einsums = [op for op in model.get_ordered_ops() if op.get_type_name() == "Einsum"]
+    assert len(einsums) == 2  # one per CARAFE layer: NNCF did not turn it into anything else
+    for einsum in einsums:  # no FakeQuantize within two steps (reshapes, transposes) of its inputs
+        sources = [i.get_source_output().get_node() for i in einsum.inputs()]
+        sources += [i.get_source_output().get_node() for node in sources for i in node.inputs()]
+        assert not any(node.get_type_name() == "FakeQuantize" for node in sources)
+    compiled = core.compile_model(model, "CPU")  # in the CPU's default precision (bfloat16 where it has it)
+    x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
+    out = compiled([x])[0]
+    assert out.shape == (1, 84, 84) and np.isfinite(out).all()
+
+
+def export_int8(checkpoint: Path, data: str) -> str:
+    out = yolo("export", checkpoint.parent, model=checkpoint, format="openvino", batch=1, int8=True, data=data)
+    exported = checkpoint.with_name(checkpoint.stem + "_int8_openvino_model")
+    assert exported.is_dir(), out[-2000:]
+    return str(exported)

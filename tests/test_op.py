@@ -132,26 +132,29 @@ def test_deterministic():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("form", ["carafe_traceable", "carafe_einsum", "carafe_matmul"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_traceable_path_matches_reference(shape):
-    # What TorchScript tracing and ONNX/OpenVINO/NCNN/CoreML export record.
+def test_export_forms_match_reference(shape, form):
+    # What exports record: carafe_matmul (ONNX), carafe_einsum (other tracing), carafe_traceable (NCNN).
     n, c, h, w, k, g, s = shape
     features, masks = random_inputs(n, c, h, w, k, g, s, requires_grad=True)
-    out = torch_backend.carafe_traceable(features, masks, k, g, s)
+    export_form = getattr(torch_backend, form)
+    out = export_form(features, masks, k, g, s)
     expected = carafe_reference(features, masks, k, g, s)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     grad_out = torch.randn_like(out)
     for got, want in zip(torch.autograd.grad(out, (features, masks), grad_out),
                          torch.autograd.grad(expected, (features, masks), grad_out)):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-    mixed = torch_backend.carafe_traceable(features.detach().half(), masks.detach().float(), k, g, s)
+    mixed = export_form(features.detach().half(), masks.detach().float(), k, g, s)
     assert mixed.dtype == torch.float16
 
 
-def test_traced_graph_has_rank_5_tensors_at_most():
+@pytest.mark.parametrize("form", ["carafe_traceable", "carafe_einsum", "carafe_matmul"])
+def test_export_forms_have_rank_5_tensors_at_most(form):
     # Core ML converts tensors of rank <= 5 only.
     features, masks = random_inputs(1, 8, 5, 6, 5, 2, 2, dtype=torch.float32)
-    graph = torch.jit.trace(lambda f, m: carafe(f, m, 5, 2, 2), (features, masks)).graph
+    graph = torch.jit.trace(lambda f, m: getattr(torch_backend, form)(f, m, 5, 2, 2), (features, masks)).graph
     ranks = [len(v.type().sizes()) for node in graph.nodes() for v in node.outputs()
              if isinstance(v.type(), torch._C.TensorType) and v.type().sizes() is not None]
     assert ranks and max(ranks) <= 5

@@ -1,6 +1,9 @@
 """The one place that decides which implementation runs a CARAFE call.
 
-- TorchScript tracing/scripting or ONNX export: :func:`carafe_traceable`, plain PyTorch ops a tracer can record.
+- Exports and tracing record one Gather of the windows and one batched matrix product over the taps: ONNX export
+  :func:`carafe_matmul` (a MatMul, fast in ONNX Runtime), every other tracing (OpenVINO, TorchScript, CoreML) and
+  scripting :func:`carafe_einsum` (an Einsum, which NNCF's INT8 quantization leaves in floating point). Converters
+  without Gather (NCNN's pnnx) get :func:`carafe_traceable`, the taps' multiply-adds, with a warning that says so.
 - Features and masks of float32/float16/bfloat16 (each its own) on a device the kernel launcher serves (CUDA
   with CuPy importable): the kernels, :func:`carafe_cuda` (which falls back to the PyTorch path by itself for a
   specialisation that fails its first-use check).
@@ -15,6 +18,7 @@ Callers go through :func:`carafe_ultra.carafe`; backends receive checked inputs.
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -23,7 +27,7 @@ from torch import Tensor
 
 from .choice import BACKEND_VARIABLE, backend_choice
 from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, launcher_unavailable
-from .torch_backend import carafe_torch, carafe_traceable
+from .torch_backend import carafe_einsum, carafe_matmul, carafe_torch, carafe_traceable
 
 Backend = Callable[[Tensor, Tensor, int, int, int], Tensor]
 
@@ -38,12 +42,38 @@ def _warn_once(reason: str) -> None:
     warnings.warn(f"carafe-ultra: CARAFE runs its (slower) PyTorch path on CUDA tensors: {reason}.", stacklevel=4)
 
 
+# Converters that trace the model themselves and have no Gather layer, by the Python package that traces.
+_WITHOUT_GATHER = {"pnnx": "NCNN (pnnx) has no Gather layer"}
+
+
+def _export_form() -> Backend:
+    """The form to record for the exporter that is tracing: the MatMul form for ONNX, the Einsum form for the others,
+    unless a converter that cannot run them traces (found among the calling frames), which gets the multiply-add form
+    and a warning naming it."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        package = frame.f_globals.get("__name__", "").partition(".")[0]
+        if package in _WITHOUT_GATHER:
+            _warn_export_once(f"{_WITHOUT_GATHER[package]}: CARAFE exports as k² multiply-adds (slower) instead of "
+                              "one Gather and one Einsum")
+            return carafe_traceable
+        frame = frame.f_back
+    return carafe_matmul if torch.onnx.is_in_onnx_export() else carafe_einsum
+
+
+@functools.cache
+def _warn_export_once(reason: str) -> None:
+    warnings.warn(f"carafe-ultra: {reason}.", stacklevel=5)
+
+
 def select_backend(features: Tensor, masks: Tensor) -> Backend:
     """Return the implementation for these (already checked) inputs."""
     choice = backend_choice()
     exporting = is_exporting()
     if choice == "torch" or (choice == "auto" and exporting):
-        return carafe_traceable if exporting else carafe_torch
+        if not exporting:
+            return carafe_torch
+        return _export_form()
     if exporting:
         reason = "tracers and exporters record plain PyTorch ops only"
     elif features.dtype not in SUPPORTED_DTYPES or masks.dtype not in SUPPORTED_DTYPES:
@@ -60,5 +90,5 @@ def select_backend(features: Tensor, masks: Tensor) -> Backend:
     return carafe_torch
 
 
-__all__ = ["BACKEND_VARIABLE", "Backend", "backend_choice", "carafe_cuda", "carafe_torch", "carafe_traceable",
-           "is_exporting", "select_backend"]
+__all__ = ["BACKEND_VARIABLE", "Backend", "backend_choice", "carafe_cuda", "carafe_einsum", "carafe_matmul",
+           "carafe_torch", "carafe_traceable", "is_exporting", "select_backend"]

@@ -1,5 +1,5 @@
-"""CARAFE in plain PyTorch ops: the path for CPUs, float64, and (as :func:`carafe_traceable`) for TorchScript
-tracing and ONNX export.
+"""CARAFE in plain PyTorch ops: the path for CPUs, float64, and (as :func:`carafe_matmul`, :func:`carafe_einsum` and
+:func:`carafe_traceable`) for TorchScript tracing and exports.
 
 The widely copied formulation unfolds the input into a tensor k² times its size and multiplies it with the
 masks. This one never does: channels are processed in chunks whose accumulator stays near cache size, and
@@ -13,7 +13,8 @@ features' dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,56 @@ def _repeated(x: Tensor, scale: int) -> Tensor:
     rows = x.reshape(planes, height, 1, width).expand(planes, height, scale, width).reshape(planes, height * scale, width)
     return rows.reshape(planes, height * scale, width, 1).expand(planes, height * scale, width, scale).reshape(
         n, channels, height * scale, width * scale)
+
+
+def carafe_matmul(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """CARAFE for ONNX export: :func:`_gathered_windows_product` with the product as a batched MatMul, which ONNX
+    Runtime runs about 4× faster than the same Einsum."""
+    return _gathered_windows_product(features, masks, kernel_size, group_size, scale_factor, torch.matmul)
+
+
+def carafe_einsum(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """CARAFE for the other exports (OpenVINO, TorchScript, CoreML): :func:`_gathered_windows_product` with the product
+    as an Einsum, which INT8 quantizers leave in floating point (NNCF quantizes MatMul inputs, and OpenVINO's CPU
+    plugin then cannot compile that MatMul in bfloat16); OpenVINO runs it as fast as the MatMul."""
+    return _gathered_windows_product(features, masks, kernel_size, group_size, scale_factor,
+                                     functools.partial(torch.einsum, "npgst,npgtc->npgsc"))
+
+
+def _gathered_windows_product(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int,
+                              product: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """CARAFE in standard operators (Pad, Transpose, Reshape, Gather and the batched matrix ``product``), tensors of
+    rank <= 5 with the batch on the first axis, shaped for exported graphs on CPUs (docs/exports.md measures it
+    against :func:`carafe_traceable`).
+
+    The contraction over the k² taps is one batched matrix product that reads each window once, at the input's
+    resolution: for every input pixel, its s² output pixels are (s² × k²) masks times the (k² × C/G) window, the
+    channels being the product's wide dimension. The windows come from one Gather on the zero-padded input in
+    channels-last order (a k²-times copy of the input, not of the output), and the s² results of each pixel go to
+    their places with one block transpose and one channels-last to channels-first transpose. Autograd, if any, runs
+    through the ops."""
+    wide_features, wide_masks = _promoted(features, masks)
+    n, channels, height, width = features.shape
+    k, s, g = kernel_size, scale_factor, group_size
+    r = (k - 1) // 2
+    flat = F.pad(wide_features, (r, r, r, r)).permute(0, 2, 3, 1).reshape(n, -1, channels)  # (N, Hp·Wp, C)
+    windows = flat.index_select(1, _window_index(height, width, k, features.device))  # (N, H·W·k², C)
+    windows = windows.reshape(n, height * width, k * k, g, channels // g).transpose(2, 3)  # (N, H·W, G, k², C/G)
+    # masks (N, G·k², H·s, W·s) -> (N, H·W, G, s², k²): each input pixel's s×s block of masks, taps last.
+    by_pixel = wide_masks.reshape(n, g * k * k * height, s, width, s).permute(0, 1, 3, 2, 4)
+    by_pixel = by_pixel.reshape(n, g * k * k, height * width * s * s).transpose(1, 2)
+    by_pixel = by_pixel.reshape(n, height * width, s * s, g, k * k).transpose(2, 3)
+    out = product(by_pixel, windows).transpose(2, 3)  # (N, H·W, s², G, C/G)
+    out = out.reshape(n, height, width, s, s * channels).transpose(2, 3)  # (N, H, s, W, s·C): channels last
+    return out.reshape(n, height * s, width * s, channels).permute(0, 3, 1, 2).to(features.dtype)
+
+
+def _window_index(height: int, width: int, kernel_size: int, device: torch.device) -> Tensor:
+    """Positions in the flattened zero-padded (H+2r)×(W+2r) plane of each pixel's k² taps, pixel-major: (H·W·k²,)."""
+    padded_width = width + kernel_size - 1
+    pixels = (torch.arange(height, device=device) * padded_width)[:, None] + torch.arange(width, device=device)
+    taps = (torch.arange(kernel_size, device=device) * padded_width)[:, None] + torch.arange(kernel_size, device=device)
+    return (pixels.reshape(-1, 1) + taps.reshape(1, -1)).reshape(-1)
 
 
 def reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:

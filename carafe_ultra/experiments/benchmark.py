@@ -424,20 +424,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()  # neither: the CPU comparison
     mode.add_argument("--gpu", action="store_true", help="benchmark the CUDA path (needs a GPU and CuPy)")
     mode.add_argument("--export", action="store_true",
-                        help="the cost of CARAFE in an exported model: ONNX nodes, ONNX Runtime and OpenVINO latency")
+                        help="the cost of CARAFE in an exported model: ONNX nodes, ONNX Runtime and OpenVINO latency "
+                             "(each runtime in a process of its own, several rounds)")
     mode.add_argument("--budget", action="store_true",
                       help="the static budget of every kernel variant from its sm_90 machine code (no GPU needed)")
-    parser.add_argument("--model", default="yolov8n.yaml", help="--export: the model family (default yolov8n.yaml)")
+    parser.add_argument("--model", default="yolov8n.yaml",
+                        help="--export: any stock or shipped YOLO or RT-DETR YAML (default yolov8n.yaml)")
     parser.add_argument("--imgsz", type=int, default=640, help="--export: image size (default 640)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per implementation, median reported (default: 7 CPU, 30 --export)")
+                        help="timed runs per implementation (default: 7 CPU, median reported; 40 --export, fastest "
+                             "reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="--export: rounds, each a fresh process per runtime")
+    parser.add_argument("--profile", action="store_true",
+                        help="--export: also ONNX Runtime's per-operator profile of the CARAFE model")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to this JSON file")
     parser.add_argument("--small", action="store_true", help="CPU: a tiny case, to check the script itself quickly")
 
 
 def main(args: argparse.Namespace) -> None:
     """Run the benchmark the parsed options describe, print it, and write the JSON if asked."""
-    for name in ("repeats", "imgsz"):
+    for name in ("repeats", "imgsz", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             args.error(f"--{name} must be a positive int, got {getattr(args, name)}")
     if args.export:
@@ -454,7 +460,8 @@ def main(args: argparse.Namespace) -> None:
             print(f"{dtype}, reference case (N=16, C=256, 40x40 -> 80x80, k=5), NVRTC {result['nvrtc']}:")
             print(budget_markdown([Budget(**b) for b in budgets]) + "\n")
     elif args.export:
-        result = export_cost(args.model, args.imgsz, repeats=args.repeats or 30)
+        result = export_cost(args.model, args.imgsz, repeats=args.repeats or 40, rounds=args.rounds,
+                             profile=args.profile)
         print(format_export_cost(result))
     else:
         case = Case(n=1, channels=32, height=16, width=16) if args.small else Case()

@@ -1,13 +1,21 @@
 """What CARAFE costs in a deployed model: the ONNX nodes it adds, and the exported model's CPU latency with
-CARAFE against nn.Upsample in ONNX Runtime and OpenVINO, measured side by side in one run.
+CARAFE against nn.Upsample, in ONNX Runtime, OpenVINO and OpenVINO INT8 (NNCF, calibrated on the generated data).
+
+Two runtimes in one process slow each other (their thread pools compete), so each runtime is timed in a process of
+its own, the two arms taking turns inside it; a fresh process per round, several rounds. Per round and arm the
+fastest of ``repeats`` runs counts (the most stable figure on a shared machine); the report gives the median over
+rounds of those and of the per-round ratio, with the ratio's range. ``--profile`` adds where the time goes: ONNX
+Runtime's per-operator profile of the CARAFE model, its CARAFE layers apart.
 
 Behind ``python -m carafe_ultra benchmark --export``.
 """
 
 from __future__ import annotations
 
-import functools
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -21,14 +29,17 @@ from ..yamls import convert_yaml
 from .timing import interleaved_seconds
 
 ARMS = ("nearest", "carafe")
+RUNTIMES = ("onnxruntime", "openvino", "openvino-int8")
 
 
-def _onnx_runner(path: str) -> Callable[[np.ndarray], object]:
+def _onnx_runner(path: str, profile: bool = False):
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.enable_profiling = profile
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+    return session, lambda x: session.run(None, {name: x})
 
 
 def _openvino_runner(folder: str) -> Callable[[np.ndarray], object]:
@@ -39,48 +50,129 @@ def _openvino_runner(folder: str) -> Callable[[np.ndarray], object]:
     return lambda x: compiled([x])
 
 
-def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 30) -> dict:
-    """Export ``model`` with nearest upsampling and with CARAFE (untrained: weights do not change the cost) to
-    ONNX and OpenVINO; count the ONNX nodes; time one image (batch 1) in each runtime on the CPU, the two arms
-    interleaved, medians of ``repeats`` after warm-up."""
+def fastest_ms(runtime: str, paths: dict[str, str], imgsz: int, repeats: int) -> dict[str, float]:
+    """Fastest of ``repeats`` runs of each exported arm in ``runtime``, in this process, the arms taking turns."""
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    runners = {arm: _onnx_runner(path)[1] if runtime == "onnxruntime" else _openvino_runner(path)
+               for arm, path in paths.items()}  # both OpenVINO runtimes read the exported folder
+    samples = interleaved_seconds({arm: (lambda run=run: run(x)) for arm, run in runners.items()}, repeats, warmup=3)
+    return {arm: 1e3 * min(times) for arm, times in samples.items()}
+
+
+def _timed_in_a_process_of_its_own(runtime: str, paths: dict[str, str], imgsz: int, repeats: int) -> dict[str, float]:
+    code = ("import json, sys; from carafe_ultra.experiments.export_cost import fastest_ms; "
+            "print(json.dumps(fastest_ms(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))))")
+    run = subprocess.run([sys.executable, "-c", code, runtime, json.dumps(paths), str(imgsz), str(repeats)],
+                         capture_output=True, text=True, timeout=1800)
+    if run.returncode:
+        raise RuntimeError(f"timing {runtime} failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def operator_profile(path: str, imgsz: int, layers: list[str], repeats: int = 10) -> dict:
+    """ONNX Runtime's per-operator profile of the model at ``path``: milliseconds per run by operator type, in all
+    and within the nodes of ``layers`` (name prefixes such as ``/model.10/``)."""
+    session, run = _onnx_runner(path, profile=True)
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    for _ in range(repeats):
+        run(x)
+    written = Path(session.end_profiling())
+    events = json.loads(written.read_text())
+    written.unlink()
+    everything, inside = Counter(), Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            milliseconds = event["dur"] / 1e3 / repeats
+            everything[event["args"]["op_name"]] += milliseconds
+            if event["name"].startswith(tuple(layers)):
+                inside[event["args"]["op_name"]] += milliseconds
+    return {"total_ms": sum(everything.values()), "carafe_layers_ms": sum(inside.values()),
+            "by_op_ms": dict(everything.most_common()), "carafe_layers_by_op_ms": dict(inside.most_common())}
+
+
+def _exported(exporter, runtime: str, imgsz: int, onnx_path: str) -> str:
+    """The file or folder ``runtime`` runs, exported from ``exporter``."""
+    if runtime == "onnxruntime":
+        return onnx_path
+    if runtime == "openvino":
+        return exporter.export(format="openvino", imgsz=imgsz, batch=1)
+    from .ablation import default_data
+
+    return exporter.export(format="openvino", imgsz=imgsz, batch=1, int8=True, data=default_data(imgsz))
+
+
+def fake_quantize_count(folder: str) -> int:
+    """FakeQuantize nodes in an OpenVINO model folder: where NNCF quantizes."""
+    (xml,) = Path(folder).glob("*.xml")
+    return xml.read_text().count('type="FakeQuantize"')
+
+
+def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40, rounds: int = 5,
+                runtimes: tuple[str, ...] = RUNTIMES, profile: bool = False) -> dict:
+    """Export ``model`` with nearest upsampling and with CARAFE (untrained: weights do not change the cost) for each
+    of ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time one image (batch 1) in each
+    runtime on the CPU as the module docstring says; with ``profile``, ONNX Runtime's per-operator profile of the
+    CARAFE model."""
     import onnx
 
-    result: dict = {"model": model, "imgsz": imgsz, "repeats": repeats, "onnx_nodes": {}, "latency_ms": {}}
-    runners: dict[tuple[str, str], Callable] = {}
+    result: dict = {"model": model, "imgsz": imgsz, "repeats": repeats, "rounds": rounds, "onnx_nodes": {},
+                    "latency_ms": {}}
+    paths: dict[str, dict[str, str]] = {runtime: {} for runtime in runtimes}
     with tempfile.TemporaryDirectory() as folder:
         for arm in ARMS:
             built = ultralytics_model(convert_yaml(model, arm, Path(folder) / arm))
             if arm == "carafe":
-                result["carafe_layers"] = sum(isinstance(m, CARAFE) for m in built.model.modules())
+                layers = [f"/model.{i}/" for i, m in enumerate(built.model.model) if isinstance(m, CARAFE)]
+                result["carafe_layers"] = len(layers)
             checkpoint = Path(folder) / arm / f"{arm}.pt"
             built.save(checkpoint)  # exports land beside the checkpoint they come from, inside the temporary folder
             exporter = ultralytics_model(checkpoint)
             onnx_path = exporter.export(format="onnx", imgsz=imgsz, batch=1)
             graph = onnx.load(onnx_path).graph
-            result["onnx_nodes"][arm] = {"total": len(graph.node), "by_op": dict(Counter(n.op_type for n in graph.node))}
-            runners["onnxruntime", arm] = _onnx_runner(onnx_path)
-            runners["openvino", arm] = _openvino_runner(exporter.export(format="openvino", imgsz=imgsz, batch=1))
-        x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
-        samples = interleaved_seconds({key: functools.partial(run, x) for key, run in runners.items()}, repeats,
-                                      warmup=3)
+            result["onnx_nodes"][arm] = {"total": len(graph.node),
+                                         "by_op": dict(Counter(node.op_type for node in graph.node))}
+            for runtime in runtimes:
+                paths[runtime][arm] = _exported(exporter, runtime, imgsz, onnx_path)
+        if "openvino-int8" in runtimes:
+            result["fake_quantize"] = {arm: fake_quantize_count(paths["openvino-int8"][arm]) for arm in ARMS}
+        if any(runtime.startswith("openvino") for runtime in runtimes):
+            import openvino
+
+            result["openvino_precision"] = str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+        for runtime in runtimes:
+            per_round = [_timed_in_a_process_of_its_own(runtime, paths[runtime], imgsz, repeats) for _ in range(rounds)]
+            ratios = [ms["carafe"] / ms["nearest"] for ms in per_round]
+            result["latency_ms"][runtime] = {
+                **{arm: statistics.median(ms[arm] for ms in per_round) for arm in ARMS},
+                "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)], "per_round": per_round}
+        if profile:
+            result["profile"] = operator_profile(str(Path(folder) / "carafe" / "carafe.onnx"), imgsz, layers)
     nodes = result["onnx_nodes"]
     result["nodes_added"] = nodes["carafe"]["total"] - nodes["nearest"]["total"]
     result["nodes_per_carafe"] = result["nodes_added"] / result["carafe_layers"] + 1  # each replaces one Resize
-    for runtime in ("onnxruntime", "openvino"):
-        ms = {arm: 1e3 * statistics.median(samples[runtime, arm]) for arm in ARMS}
-        spread = {arm: 1e3 * (max(samples[runtime, arm]) - min(samples[runtime, arm])) for arm in ARMS}
-        result["latency_ms"][runtime] = {**ms, "ratio": ms["carafe"] / ms["nearest"], "range_ms": spread}
     return result
 
 
 def format_export_cost(result: dict) -> str:
     nodes = result["onnx_nodes"]
     lines = [
-        f"{Path(result['model']).name} at {result['imgsz']} px, batch 1, CPU: CARAFE against nn.Upsample, exported",
+        f"{Path(result['model']).name} at {result['imgsz']} px, batch 1, CPU: CARAFE against nn.Upsample, exported; "
+        f"each runtime in a process of its own, fastest of {result['repeats']} runs, median of {result['rounds']} "
+        "rounds [range of the per-round ratio]",
         f"ONNX nodes: {nodes['nearest']['total']} -> {nodes['carafe']['total']} "
         f"(+{result['nodes_added']} for {result['carafe_layers']} CARAFE layers, {result['nodes_per_carafe']:.0f} each)",
     ]
+    if "openvino_precision" in result:
+        lines.append(f"OpenVINO CPU inference precision (its default here): {result['openvino_precision']}")
+    if "fake_quantize" in result:
+        lines.append("OpenVINO INT8 FakeQuantize nodes: " + ", ".join(f"{arm} {n}" for arm, n in result["fake_quantize"].items()))
     for runtime, ms in result["latency_ms"].items():
-        lines.append(f"{runtime:<12} nearest {ms['nearest']:.1f} ms, carafe {ms['carafe']:.1f} ms "
-                     f"({ms['ratio']:.2f}x; medians of {result['repeats']})")
+        low, high = ms["ratio_range"]
+        lines.append(f"{runtime:<13} nearest {ms['nearest']:.1f} ms, carafe {ms['carafe']:.1f} ms: "
+                     f"{ms['ratio']:.2f}x [{low:.2f}-{high:.2f}]")
+    if "profile" in result:
+        profile = result["profile"]
+        top = ", ".join(f"{op} {ms:.2f}" for op, ms in list(profile["carafe_layers_by_op_ms"].items())[:6])
+        lines.append(f"ONNX Runtime profile of the CARAFE model: {profile['total_ms']:.1f} ms of operators, "
+                     f"{profile['carafe_layers_ms']:.1f} ms in its CARAFE layers ({top} ms)")
     return "\n".join(lines)
