@@ -6,10 +6,10 @@ import math
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_divides, check_int, is_number
+from .backends import exported_from_logits, is_exporting, masks_from_logits
 from .functional import carafe
 
 
@@ -100,13 +100,16 @@ class CARAFE(nn.Module):
 
     def masks(self, x: Tensor) -> Tensor:
         """Reassembly masks (N, groups·k², H·s, W·s), softmax-normalised over each group's k² taps."""
-        logits = F.pixel_shuffle(self.encoder(self.compressor(x)), self.up_factor)
-        return logits.unflatten(1, (self.groups, self.kernel_size**2)).softmax(dim=2).flatten(1, 2)
+        return masks_from_logits(self.encoder(self.compressor(x)), self.kernel_size, self.groups, self.up_factor)
 
     def forward(self, x: Tensor) -> Tensor:
         x = _checked_input(x, self.c1)
         features = x if self.projection is None else self.projection(x)
-        return carafe(features, self.masks(x), self.kernel_size, self.groups, self.up_factor)
+        logits = self.encoder(self.compressor(x))
+        if is_exporting():  # the export form normalises the masks in its own layout (the same values)
+            return exported_from_logits(features, logits, self.kernel_size, self.groups, self.up_factor)
+        return carafe(features, masks_from_logits(logits, self.kernel_size, self.groups, self.up_factor),
+                      self.kernel_size, self.groups, self.up_factor)
 
     def extra_repr(self) -> str:
         centre = "" if self.centre_weight is None else f", centre_weight={self.centre_weight}"

@@ -158,3 +158,18 @@ def test_export_forms_have_rank_5_tensors_at_most(form):
     ranks = [len(v.type().sizes()) for node in graph.nodes() for v in node.outputs()
              if isinstance(v.type(), torch._C.TensorType) and v.type().sizes() is not None]
     assert ranks and max(ranks) <= 5
+
+
+@pytest.mark.parametrize("product,softmax_last", [("matmul", True), ("einsum", False)])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_export_forms_from_logits_match_the_reference(shape, product, softmax_last):
+    # What a CARAFE module records while exporting: the softmax taken in the export form's own layout.
+    n, c, h, w, k, g, s = shape
+    features = torch.randn(n, c, h, w, dtype=torch.float64)
+    logits = torch.randn(n, g * k * k * s * s, h, w, dtype=torch.float64)
+    by_pixel = torch_backend.logits_by_pixel(logits, k, g, s, softmax_last)
+    masks = torch_backend.masks_from_logits(logits, k, g, s)
+    torch.testing.assert_close(by_pixel, torch_backend.masks_by_pixel(masks, k, g, s), rtol=1e-12, atol=1e-12)
+    contraction = torch.matmul if product == "matmul" else torch_backend.einsum_product
+    out = torch_backend.gathered_windows_product(features, by_pixel, k, contraction)
+    torch.testing.assert_close(out, carafe_reference(features, masks, k, g, s), rtol=1e-10, atol=1e-10)

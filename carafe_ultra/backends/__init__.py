@@ -1,9 +1,11 @@
 """The one place that decides which implementation runs a CARAFE call.
 
-- Exports and tracing record one Gather of the windows and one batched matrix product over the taps: ONNX export
-  :func:`carafe_matmul` (a MatMul, fast in ONNX Runtime), every other tracing (OpenVINO, TorchScript, CoreML) and
-  scripting :func:`carafe_einsum` (an Einsum, which NNCF's INT8 quantization leaves in floating point). Converters
-  without Gather (NCNN's pnnx) get :func:`carafe_traceable`, the taps' multiply-adds, with a warning that says so.
+- Exports and tracing record one Gather of the windows and one batched matrix product over the taps (modules that
+  predict masks hand their logits to :func:`exported_from_logits`, which takes the softmax in that form's layout):
+  ONNX export :func:`carafe_matmul` (a MatMul, fast in ONNX Runtime), every other tracing (OpenVINO, TorchScript,
+  CoreML) and scripting :func:`carafe_einsum` (an Einsum, which NNCF's INT8 quantization leaves in floating point).
+  Converters without Gather (NCNN's pnnx) get :func:`carafe_traceable`, the taps' multiply-adds, with a warning that
+  says so.
 - Features and masks of float32/float16/bfloat16 (each its own) on a device the kernel launcher serves (CUDA
   with CuPy importable): the kernels, :func:`carafe_cuda` (which falls back to the PyTorch path by itself for a
   specialisation that fails its first-use check).
@@ -27,7 +29,16 @@ from torch import Tensor
 
 from .choice import BACKEND_VARIABLE, backend_choice
 from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, launcher_unavailable
-from .torch_backend import carafe_einsum, carafe_matmul, carafe_torch, carafe_traceable
+from .torch_backend import (
+    carafe_einsum,
+    carafe_matmul,
+    carafe_torch,
+    carafe_traceable,
+    einsum_product,
+    gathered_windows_product,
+    logits_by_pixel,
+    masks_from_logits,
+)
 
 Backend = Callable[[Tensor, Tensor, int, int, int], Tensor]
 
@@ -66,6 +77,21 @@ def _warn_export_once(reason: str) -> None:
     warnings.warn(f"carafe-ultra: {reason}.", stacklevel=5)
 
 
+def exported_from_logits(features: Tensor, logits: Tensor, kernel_size: int, group_size: int,
+                         scale_factor: int) -> Tensor:
+    """While exporting: CARAFE of ``features`` with the masks :func:`masks_from_logits` makes of ``logits`` (the
+    mask predictor's (N, G·k²·s², H, W) output), for modules that predict masks. The export forms skip the pixel
+    shuffle and take the softmax where their runtime computes it fastest (ONNX Runtime: taps last; OpenVINO: over the
+    channels, as the logits come); the multiply-add form gets the masks as usual."""
+    form = _export_form()
+    if form is carafe_traceable:
+        return form(features, masks_from_logits(logits, kernel_size, group_size, scale_factor), kernel_size,
+                    group_size, scale_factor)
+    onnx = form is carafe_matmul
+    by_pixel = logits_by_pixel(logits, kernel_size, group_size, scale_factor, softmax_last=onnx)
+    return gathered_windows_product(features, by_pixel, kernel_size, torch.matmul if onnx else einsum_product)
+
+
 def select_backend(features: Tensor, masks: Tensor) -> Backend:
     """Return the implementation for these (already checked) inputs."""
     choice = backend_choice()
@@ -91,4 +117,5 @@ def select_backend(features: Tensor, masks: Tensor) -> Backend:
 
 
 __all__ = ["BACKEND_VARIABLE", "Backend", "backend_choice", "carafe_cuda", "carafe_einsum", "carafe_matmul",
-           "carafe_torch", "carafe_traceable", "is_exporting", "select_backend"]
+           "carafe_torch", "carafe_traceable", "exported_from_logits", "is_exporting", "masks_from_logits",
+           "select_backend"]

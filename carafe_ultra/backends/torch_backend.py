@@ -13,7 +13,7 @@ features' dtype.
 
 from __future__ import annotations
 
-import functools
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -69,42 +69,76 @@ def _repeated(x: Tensor, scale: int) -> Tensor:
 
 
 def carafe_matmul(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE for ONNX export: :func:`_gathered_windows_product` with the product as a batched MatMul, which ONNX
+    """CARAFE for ONNX export: :func:`gathered_windows_product` with the product as a batched MatMul, which ONNX
     Runtime runs about 4× faster than the same Einsum."""
-    return _gathered_windows_product(features, masks, kernel_size, group_size, scale_factor, torch.matmul)
+    return gathered_windows_product(features, masks_by_pixel(masks, kernel_size, group_size, scale_factor),
+                                    kernel_size, torch.matmul)
 
 
 def carafe_einsum(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE for the other exports (OpenVINO, TorchScript, CoreML): :func:`_gathered_windows_product` with the product
+    """CARAFE for the other exports (OpenVINO, TorchScript, CoreML): :func:`gathered_windows_product` with the product
     as an Einsum, which INT8 quantizers leave in floating point (NNCF quantizes MatMul inputs, and OpenVINO's CPU
     plugin then cannot compile that MatMul in bfloat16); OpenVINO runs it as fast as the MatMul."""
-    return _gathered_windows_product(features, masks, kernel_size, group_size, scale_factor,
-                                     functools.partial(torch.einsum, "npgst,npgtc->npgsc"))
+    return gathered_windows_product(features, masks_by_pixel(masks, kernel_size, group_size, scale_factor),
+                                    kernel_size, einsum_product)
 
 
-def _gathered_windows_product(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int,
-                              product: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+def einsum_product(by_pixel: Tensor, windows: Tensor) -> Tensor:
+    """The batched matrix product of :func:`gathered_windows_product` as an Einsum."""
+    return torch.einsum("npgst,npgtc->npgsc", by_pixel, windows)
+
+
+def masks_by_pixel(masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """Masks (N, G·k², H·s, W·s) -> (N, H·W, G, s², k²): each input pixel's s×s block of masks, taps last."""
+    n, _, out_h, out_w = masks.shape
+    k, s, g = kernel_size, scale_factor, group_size
+    height, width = out_h // s, out_w // s
+    by_pixel = masks.reshape(n, g * k * k * height, s, width, s).permute(0, 1, 3, 2, 4)
+    by_pixel = by_pixel.reshape(n, g * k * k, height * width * s * s).transpose(1, 2)
+    return by_pixel.reshape(n, height * width, s * s, g, k * k).transpose(2, 3)
+
+
+def masks_from_logits(logits: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """The mask predictor's logits (N, G·k²·s², H, W), channel (g·k² + tap)·s² + sub-pixel, to CARAFE's masks
+    (N, G·k², H·s, W·s): ``pixel_shuffle``, then a softmax over each group's k² taps (mmcv's convention)."""
+    shuffled = F.pixel_shuffle(logits, scale_factor)
+    return shuffled.unflatten(1, (group_size, kernel_size**2)).softmax(dim=2).flatten(1, 2)
+
+
+def logits_by_pixel(logits: Tensor, kernel_size: int, group_size: int, scale_factor: int,
+                    softmax_last: bool = True) -> Tensor:
+    """The masks of :func:`masks_from_logits` in the layout of :func:`masks_by_pixel`, (N, H·W, G, s², k²), without
+    the pixel shuffle. ``softmax_last``: the softmax is taken there, over the last axis (ONNX Runtime's fast case);
+    else over the taps' axis of the logits as they come, channels first (OpenVINO's fast case)."""
+    n, _, height, width = logits.shape
+    k, s, g = kernel_size, scale_factor, group_size
+    if not softmax_last:
+        logits = logits.reshape(n, g, k * k, s * s * height * width).softmax(dim=2)
+    by_pixel = logits.reshape(n, g * k * k * s * s, height * width).transpose(1, 2)
+    by_pixel = by_pixel.reshape(n, height * width, g, k * k, s * s).transpose(3, 4)
+    return by_pixel.softmax(dim=-1) if softmax_last else by_pixel
+
+
+def gathered_windows_product(features: Tensor, by_pixel: Tensor, kernel_size: int,
+                             product: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
     """CARAFE in standard operators (Pad, Transpose, Reshape, Gather and the batched matrix ``product``), tensors of
     rank <= 5 with the batch on the first axis, shaped for exported graphs on CPUs (docs/exports.md measures it
-    against :func:`carafe_traceable`).
+    against :func:`carafe_traceable`). ``by_pixel`` holds the masks as :func:`masks_by_pixel` lays them out.
 
     The contraction over the k² taps is one batched matrix product that reads each window once, at the input's
     resolution: for every input pixel, its s² output pixels are (s² × k²) masks times the (k² × C/G) window, the
     channels being the product's wide dimension. The windows come from one Gather on the zero-padded input in
     channels-last order (a k²-times copy of the input, not of the output), and the s² results of each pixel go to
-    their places with one block transpose and one channels-last to channels-first transpose. Autograd, if any, runs
-    through the ops."""
-    wide_features, wide_masks = _promoted(features, masks)
+    their places with one block transpose and one channels-last to channels-first transpose. Mixed dtypes are
+    computed in the wider one, and the result has the features' dtype. Autograd, if any, runs through the ops."""
+    wide_features, by_pixel = _promoted(features, by_pixel)
     n, channels, height, width = features.shape
-    k, s, g = kernel_size, scale_factor, group_size
+    _, _, g, sub_pixels, k2 = by_pixel.shape
+    k, s = kernel_size, math.isqrt(sub_pixels)
     r = (k - 1) // 2
     flat = F.pad(wide_features, (r, r, r, r)).permute(0, 2, 3, 1).reshape(n, -1, channels)  # (N, Hp·Wp, C)
     windows = flat.index_select(1, _window_index(height, width, k, features.device))  # (N, H·W·k², C)
-    windows = windows.reshape(n, height * width, k * k, g, channels // g).transpose(2, 3)  # (N, H·W, G, k², C/G)
-    # masks (N, G·k², H·s, W·s) -> (N, H·W, G, s², k²): each input pixel's s×s block of masks, taps last.
-    by_pixel = wide_masks.reshape(n, g * k * k * height, s, width, s).permute(0, 1, 3, 2, 4)
-    by_pixel = by_pixel.reshape(n, g * k * k, height * width * s * s).transpose(1, 2)
-    by_pixel = by_pixel.reshape(n, height * width, s * s, g, k * k).transpose(2, 3)
+    windows = windows.reshape(n, height * width, k2, g, channels // g).transpose(2, 3)  # (N, H·W, G, k², C/G)
     out = product(by_pixel, windows).transpose(2, 3)  # (N, H·W, s², G, C/G)
     out = out.reshape(n, height, width, s, s * channels).transpose(2, 3)  # (N, H, s, W, s·C): channels last
     return out.reshape(n, height * s, width * s, channels).permute(0, 3, 1, 2).to(features.dtype)
