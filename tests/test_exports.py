@@ -211,3 +211,19 @@ def export_int8(checkpoint: Path, data: str) -> str:
     exported = checkpoint.with_name(checkpoint.stem + "_int8_openvino_model")
     assert exported.is_dir(), out[-2000:]
     return str(exported)
+
+
+@needs("nncf")
+def test_int8_accuracy_validates_both_exports_of_a_trained_model(yolo26, data):
+    from carafe_ultra.experiments.export_cost import format_int8_accuracy, int8_accuracy
+
+    trained = yolo26.parent / "run" / "weights" / "best.pt"
+    (row,) = int8_accuracy([str(trained)], data)
+    assert row["imgsz"] == 64  # the size it was trained at
+    for precision in ("fp32", "int8"):
+        assert 0 <= row[precision]["mAP50_95"] <= row[precision]["mAP50"] <= 1
+    assert row["int8_loss_mAP50_95"] == row["fp32"]["mAP50_95"] - row["int8"]["mAP50_95"]
+    # The FP32 export validates as the PyTorch model does (the same detections up to bfloat16).
+    pytorch = ultralytics_model(trained).val(data=data, imgsz=64, batch=1, device="cpu", plots=False, verbose=False)
+    assert abs(row["fp32"]["mAP50_95"] - float(pytorch.box.map)) <= 0.02
+    assert format_int8_accuracy([row]).count("\n") == 2

@@ -39,7 +39,7 @@ from ..functional import carafe
 from ..module import CARAFE
 from ..yamls import find_model_yaml
 from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
-from .export_cost import export_cost, format_export_cost
+from .export_cost import export_cost, format_export_cost, format_int8_accuracy, int8_accuracy
 from .kernel_budget import Budget, budget_report, min_bytes_per_output
 from .kernel_budget import markdown as budget_markdown
 from .timing import interleaved_seconds, median_ms, synchronizer
@@ -426,11 +426,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--export", action="store_true",
                         help="the cost of CARAFE in an exported model: ONNX nodes, ONNX Runtime and OpenVINO latency "
                              "(each runtime in a process of its own, several rounds)")
+    mode.add_argument("--int8-accuracy", dest="int8_accuracy", nargs="+", metavar="WEIGHTS",
+                      help="trained checkpoints: the accuracy of their OpenVINO FP32 and INT8 exports on --data")
     mode.add_argument("--budget", action="store_true",
                       help="the static budget of every kernel variant from its sm_90 machine code (no GPU needed)")
     parser.add_argument("--model", default="yolov8n.yaml",
                         help="--export: any stock or shipped YOLO or RT-DETR YAML (default yolov8n.yaml)")
-    parser.add_argument("--imgsz", type=int, default=640, help="--export: image size (default 640)")
+    parser.add_argument("--imgsz", type=int, default=None,
+                        help="image size (--export: default 640; --int8-accuracy: the size each was trained at)")
+    parser.add_argument("--data", default=None, help="--int8-accuracy: the data YAML to calibrate and validate on")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per implementation (default: 7 CPU, median reported; 40 --export, fastest "
                              "reported)")
@@ -451,6 +455,11 @@ def main(args: argparse.Namespace) -> None:
             find_model_yaml(args.model)  # before any export work
         except FileNotFoundError as error:
             args.error(str(error))
+    if args.int8_accuracy:
+        missing = [w for w in args.int8_accuracy if not Path(w).is_file()]
+        if missing or not args.data:
+            args.error(f"--int8-accuracy needs trained checkpoints and --data; not files: {', '.join(missing)}"
+                       if missing else "--int8-accuracy needs --data, the data YAML to calibrate and validate on")
     if args.gpu:
         result = gpu_report(args.repeats or 50)
         print(format_gpu_report(result))
@@ -460,9 +469,12 @@ def main(args: argparse.Namespace) -> None:
             print(f"{dtype}, reference case (N=16, C=256, 40x40 -> 80x80, k=5), NVRTC {result['nvrtc']}:")
             print(budget_markdown([Budget(**b) for b in budgets]) + "\n")
     elif args.export:
-        result = export_cost(args.model, args.imgsz, repeats=args.repeats or 40, rounds=args.rounds,
+        result = export_cost(args.model, args.imgsz or 640, repeats=args.repeats or 40, rounds=args.rounds,
                              profile=args.profile)
         print(format_export_cost(result))
+    elif args.int8_accuracy:
+        result = int8_accuracy(args.int8_accuracy, args.data, args.imgsz)
+        print(format_int8_accuracy(result))
     else:
         case = Case(n=1, channels=32, height=16, width=16) if args.small else Case()
         result = cpu_reassembly_comparison(case, repeats=args.repeats or 7)

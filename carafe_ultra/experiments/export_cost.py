@@ -13,6 +13,7 @@ Behind ``python -m carafe_ultra benchmark --export``.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -151,6 +152,38 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
     result["nodes_added"] = nodes["carafe"]["total"] - nodes["nearest"]["total"]
     result["nodes_per_carafe"] = result["nodes_added"] / result["carafe_layers"] + 1  # each replaces one Resize
     return result
+
+
+def int8_accuracy(weights: list[str], data: str, imgsz: int | None = None) -> list[dict]:
+    """Each trained checkpoint exported to OpenVINO FP32 and to OpenVINO INT8 (NNCF, calibrated on ``data``, as
+    ``yolo export format=openvino int8=True data=...`` does), both validated on ``data``'s validation split at
+    ``imgsz`` (default: the size each was trained at): their mAP50 and mAP50-95, and what INT8 loses."""
+    results = []
+    for path in map(Path, weights):
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = Path(folder) / path.name  # exports land beside the checkpoint: in the temporary folder
+            shutil.copy(path, checkpoint)
+            exporter = ultralytics_model(checkpoint)
+            size = imgsz or int(exporter.ckpt["train_args"]["imgsz"])
+            row: dict = {"weights": str(path), "imgsz": size}
+            for precision, options in (("fp32", {}), ("int8", {"int8": True, "data": data})):
+                exported = exporter.export(format="openvino", imgsz=size, batch=1, **options)
+                metrics = ultralytics_model(exported).val(data=data, imgsz=size, batch=1, device="cpu", plots=False,
+                                                          verbose=False)
+                row[precision] = {"mAP50": float(metrics.box.map50), "mAP50_95": float(metrics.box.map)}
+        row["int8_loss_mAP50_95"] = row["fp32"]["mAP50_95"] - row["int8"]["mAP50_95"]
+        results.append(row)
+    return results
+
+
+def format_int8_accuracy(rows: list[dict]) -> str:
+    lines = ["| weights | imgsz | FP32 mAP50 | FP32 mAP50-95 | INT8 mAP50 | INT8 mAP50-95 | INT8 loss (mAP50-95) |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        fp32, int8 = row["fp32"], row["int8"]
+        lines.append(f"| {row['weights']} | {row['imgsz']} | {fp32['mAP50']:.4f} | {fp32['mAP50_95']:.4f} | "
+                     f"{int8['mAP50']:.4f} | {int8['mAP50_95']:.4f} | {row['int8_loss_mAP50_95']:+.4f} |")
+    return "\n".join(lines)
 
 
 def format_export_cost(result: dict) -> str:
