@@ -127,7 +127,8 @@ def test_module_wrong_input_channels():
         (["benchmark", "--repeats", "0"], "--repeats must be a positive int, got 0"),
         (["benchmark", "--export", "--model", "nosuch.yaml"], "no model YAML 'nosuch.yaml'"),
         (["benchmark", "--gpu", "--export"], "argument --export: not allowed with argument --gpu"),
-        (["benchmark", "--int8-accuracy", "nosuch.pt", "--data", "d.yaml"], "--int8-accuracy needs trained .*not files: nosuch.pt"),
+        (["benchmark", "--int8-accuracy", "nosuch.pt", "--data", "d.yaml"],
+         "--int8-accuracy needs trained .*not files: nosuch.pt"),
         (["benchmark", "--int8-accuracy", __file__], "--int8-accuracy needs --data"),
     ],
 )

@@ -198,7 +198,8 @@ def format_export_cost(result: dict) -> str:
     if "openvino_precision" in result:
         lines.append(f"OpenVINO CPU inference precision (its default here): {result['openvino_precision']}")
     if "fake_quantize" in result:
-        lines.append("OpenVINO INT8 FakeQuantize nodes: " + ", ".join(f"{arm} {n}" for arm, n in result["fake_quantize"].items()))
+        counts = ", ".join(f"{arm} {count}" for arm, count in result["fake_quantize"].items())
+        lines.append(f"OpenVINO INT8 FakeQuantize nodes: {counts}")
     for runtime, ms in result["latency_ms"].items():
         low, high = ms["ratio_range"]
         lines.append(f"{runtime:<13} nearest {ms['nearest']:.1f} ms, carafe {ms['carafe']:.1f} ms: "
