@@ -65,7 +65,7 @@ class Settings:
     gpus_per_run: int | None = None  # GPUs of --device each run trains on (several: DDP); default: shared out evenly
     ray: str | None = None  # run each (arm, seed) as a Ray task: "local", "auto" or a cluster address
     cpus_per_run: int | None = None  # Ray: CPUs each task asks for (default: its data loader workers + 1, as fits)
-    ray_timeout: float = 600.0  # Ray: seconds a task may wait to start while none of the grid's runs; then reported
+    ray_timeout: float = 600.0  # Ray: seconds tasks may wait to start with none of the grid's runs running
     shard: str | None = None  # "I/N": run only every N-th run of the grid, from the I-th (for job arrays)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
@@ -565,8 +565,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-run", dest="cpus_per_run", type=int, default=None,
                         help="--ray: CPUs each task asks for (default: --workers + 1, at most the largest node's)")
     parser.add_argument("--ray-timeout", dest="ray_timeout", type=float, default=defaults.ray_timeout,
-                        metavar="SECONDS", help="--ray: report and cancel tasks not started after this long while "
-                                                "none of the grid's runs (default: %(default)g)")
+                        metavar="SECONDS", help="--ray: report and cancel the tasks Ray has not started after this "
+                                                "long with none of the grid's runs running (default: %(default)g)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="run only every N-th run of the grid, from the I-th (0-based), e.g. a job array's "
                              "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then --report once")

@@ -74,8 +74,9 @@ class PeakMemory:
     """Peak bytes a CPU call adds on top of what is live when it starts (Linux).
 
     glibc serves large blocks with mmap and unmaps them on free, so the resident set tracks live tensors;
-    fixing the mmap threshold stops glibc from raising it (and caching freed blocks), and writing 5 to
-    /proc/self/clear_refs resets the kernel's high-water mark before each call.
+    fixing the mmap threshold stops glibc from raising it (and caching freed blocks), trimming the heap before each
+    call returns what earlier work freed there (else a call could reuse those resident pages unseen), and writing 5
+    to /proc/self/clear_refs resets the kernel's high-water mark before each call.
     """
 
     _M_MMAP_THRESHOLD = -3
@@ -83,7 +84,8 @@ class PeakMemory:
     def __init__(self) -> None:
         if not sys.platform.startswith("linux"):
             raise RuntimeError("CPU peak-memory measurement needs Linux (/proc/self/status)")
-        ctypes.CDLL("libc.so.6").mallopt(self._M_MMAP_THRESHOLD, 64 * 1024)
+        self._libc = ctypes.CDLL("libc.so.6")
+        self._libc.mallopt(self._M_MMAP_THRESHOLD, 64 * 1024)
 
     @staticmethod
     def _status_kib(field: str) -> int:
@@ -94,6 +96,7 @@ class PeakMemory:
         raise RuntimeError(f"{field} missing from /proc/self/status")
 
     def measure(self, fn: Callable[[], object]) -> int:
+        self._libc.malloc_trim(0)
         baseline = self._status_kib("VmRSS:")
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")
