@@ -142,6 +142,14 @@ def test_export_cost_counts_nodes_and_times_each_runtime_in_a_process_of_its_own
     assert "ONNX nodes:" in text and "each runtime in a process of its own" in text and "in its CARAFE layers" in text
 
 
+@pytest.mark.parametrize("runtimes", [("tensorrt",), ()])
+def test_export_cost_refuses_an_unknown_runtime(runtimes):
+    from carafe_ultra.experiments.export_cost import export_cost
+
+    with pytest.raises(ValueError, match="runtimes must be among onnxruntime, openvino, openvino-int8; got"):
+        export_cost("yolov8n.yaml", imgsz=64, runtimes=runtimes)
+
+
 def test_the_notes_hold_the_budget_of_every_variant():
     pytest.importorskip("cupy")  # the cuda extras bring the NVRTC wheels; cuobjdump comes with Triton
     import torch

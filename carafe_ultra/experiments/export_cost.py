@@ -116,6 +116,9 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
     CARAFE model."""
     import onnx
 
+    unknown = sorted(set(runtimes) - set(RUNTIMES))
+    if unknown or not runtimes:
+        raise ValueError(f"runtimes must be among {', '.join(RUNTIMES)}; got {', '.join(unknown) or 'none'}")
     result: dict = {"model": model, "imgsz": imgsz, "repeats": repeats, "rounds": rounds, "onnx_nodes": {},
                     "latency_ms": {}}
     paths: dict[str, dict[str, str]] = {runtime: {} for runtime in runtimes}
