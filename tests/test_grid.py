@@ -209,7 +209,7 @@ def test_a_ray_task_that_cannot_see_out_fails_with_that_message(ray_cluster, tmp
     remote = ray_cluster.remote(grid._ray_task)
     with pytest.raises(ray_cluster.exceptions.RayTaskError) as error:
         ray_cluster.get(remote.remote(record(tiny(tmp_path, None)), ("nearest", 0), 0, 1,
-                                      str(tmp_path / "runs" / ".driver-elsewhere")))
+                                      str(tmp_path / "runs" / ".driver-elsewhere"), str(tmp_path / "started")))
     assert f"--out {tmp_path} is not visible on" in str(error.value)
     assert "must be on storage that every node sees" in str(error.value)
 

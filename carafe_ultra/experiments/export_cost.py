@@ -122,6 +122,7 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
     result: dict = {"model": model, "imgsz": imgsz, "repeats": repeats, "rounds": rounds, "onnx_nodes": {},
                     "latency_ms": {}}
     paths: dict[str, dict[str, str]] = {runtime: {} for runtime in runtimes}
+    onnx_files: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         for arm in ARMS:
             built = ultralytics_model(convert_yaml(model, arm, Path(folder) / arm))
@@ -131,7 +132,7 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
             checkpoint = Path(folder) / arm / f"{arm}.pt"
             built.save(checkpoint)  # exports land beside the checkpoint they come from, inside the temporary folder
             exporter = ultralytics_model(checkpoint)
-            onnx_path = exporter.export(format="onnx", imgsz=imgsz, batch=1)
+            onnx_path = onnx_files[arm] = exporter.export(format="onnx", imgsz=imgsz, batch=1)
             graph = onnx.load(onnx_path).graph
             result["onnx_nodes"][arm] = {"total": len(graph.node),
                                          "by_op": dict(Counter(node.op_type for node in graph.node))}
@@ -150,7 +151,7 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
                 **{arm: statistics.median(ms[arm] for ms in per_round) for arm in ARMS},
                 "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)], "per_round": per_round}
         if profile:
-            result["profile"] = operator_profile(str(Path(folder) / "carafe" / "carafe.onnx"), imgsz, layers)
+            result["profile"] = operator_profile(onnx_files["carafe"], imgsz, layers)
     nodes = result["onnx_nodes"]
     result["nodes_added"] = nodes["carafe"]["total"] - nodes["nearest"]["total"]
     result["nodes_per_carafe"] = result["nodes_added"] / result["carafe_layers"] + 1  # each replaces one Resize

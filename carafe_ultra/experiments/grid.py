@@ -271,15 +271,14 @@ def _free(ray) -> str:
     return f"{free.get('CPU', 0):g} CPU(s), {free.get('GPU', 0):g} GPU(s)"
 
 
-def _ray_task(task: Task, run: Run, gpus: int, cpus: int, marker: str, started: str | None = None):
+def _ray_task(task: Task, run: Run, gpus: int, cpus: int, marker: str, started: str):
     """One run on a Ray worker: Ray made its ``gpus`` GPUs the only visible ones; train there. ``started``: a file
     to write first, which tells the driver the task runs."""
     if not Path(marker).is_file():
         out = Path(marker).parents[1]
         raise FileNotFoundError(f"--out {out} is not visible on {socket.gethostname()}: the ablation's --out must be "
                                 "on storage that every node sees (the driver and the tasks exchange results there)")
-    if started:
-        Path(started).touch()
+    Path(started).touch()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") if gpus else None
     prepare_process(visible, cpus)
     return task(run, ",".join(str(i) for i in range(gpus)) if gpus else "cpu")
