@@ -9,7 +9,7 @@ The core, bottom up: ``_checks`` -> ``backends`` -> ``functional`` (:func:`caraf
 
 from .dysample import DySample
 from .eucb import EUCB
-from .functional import carafe
+from .functional import carafe, carafe_downsample
 from .integration import UnsupportedUltralyticsError, register
 from .module import CARAFE
 from .resnet import ResNetBasicLayer

@@ -42,10 +42,7 @@ def _check_tensor(name: str, tensor: object) -> Tensor:
     return tensor
 
 
-def check_carafe_inputs(
-    features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int
-) -> None:
-    """Validate the arguments of :func:`carafe_ultra.carafe`; see its docstring for the contract."""
+def _check_common(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> None:
     _check_tensor("features", features)
     _check_tensor("masks", masks)
     check_int("kernel_size", kernel_size, minimum=1, odd=True)
@@ -53,14 +50,37 @@ def check_carafe_inputs(
     check_int("scale_factor", scale_factor, minimum=1)
     if features.device != masks.device:
         raise ValueError(f"features and masks must be on the same device, got {features.device} and {masks.device}")
-    n, channels, height, width = features.shape
-    if masks.shape[0] != n:
-        raise ValueError(f"masks batch size ({masks.shape[0]}) must match features batch size ({n})")
-    check_divides("group_size", group_size, "features channels", channels)
+    if masks.shape[0] != features.shape[0]:
+        raise ValueError(f"masks batch size ({masks.shape[0]}) must match features batch size ({features.shape[0]})")
+    check_divides("group_size", group_size, "features channels", features.shape[1])
+
+
+def check_carafe_inputs(
+    features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int
+) -> None:
+    """Validate the arguments of :func:`carafe_ultra.carafe`; see its docstring for the contract."""
+    _check_common(features, masks, kernel_size, group_size, scale_factor)
+    height, width = features.shape[2:]
     expected = (group_size * kernel_size**2, height * scale_factor, width * scale_factor)
     if tuple(masks.shape[1:]) != expected:
         raise ValueError(
             f"masks must have shape (N, group_size*kernel_size**2, H*scale_factor, W*scale_factor) = "
+            f"(N, {expected[0]}, {expected[1]}, {expected[2]}) for features {tuple(features.shape)}, "
+            f"kernel_size={kernel_size}, group_size={group_size}, scale_factor={scale_factor}; "
+            f"got {tuple(masks.shape)}"
+        )
+
+
+def check_carafe_downsample_inputs(
+    features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int
+) -> None:
+    """Validate the arguments of :func:`carafe_ultra.carafe_downsample`; see its docstring for the contract."""
+    _check_common(features, masks, kernel_size, group_size, scale_factor)
+    height, width = features.shape[2:]
+    expected = (group_size * kernel_size**2, -(-height // scale_factor), -(-width // scale_factor))
+    if tuple(masks.shape[1:]) != expected:
+        raise ValueError(
+            f"masks must have shape (N, group_size*kernel_size**2, ceil(H/scale_factor), ceil(W/scale_factor)) = "
             f"(N, {expected[0]}, {expected[1]}, {expected[2]}) for features {tuple(features.shape)}, "
             f"kernel_size={kernel_size}, group_size={group_size}, scale_factor={scale_factor}; "
             f"got {tuple(masks.shape)}"

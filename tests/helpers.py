@@ -20,3 +20,26 @@ def random_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch
     logits = torch.randn(n, groups, kernel * kernel, height * scale, width * scale, dtype=dtype)
     masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, height * scale, width * scale)
     return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)
+
+
+# (n, channels, height, width, kernel, groups, scale) for the downsampling: odd and even sizes, sizes the stride does
+# not divide, tiny inputs (every window crosses a border), groups, k 1..9, s 1..4.
+DOWN_SHAPES = [
+    (2, 4, 5, 7, 3, 1, 2),
+    (1, 6, 6, 8, 5, 3, 2),
+    (1, 6, 7, 4, 5, 3, 3),
+    (2, 8, 6, 5, 7, 4, 1),
+    (1, 4, 1, 1, 5, 2, 4),
+    (1, 4, 9, 10, 1, 4, 4),
+    (2, 3, 9, 2, 9, 3, 3),
+    (1, 2, 8, 8, 9, 1, 4),
+]
+
+
+def random_down_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch.float64, requires_grad=False):
+    """Features and softmax-normalised masks for one CARAFE++ downsampling call."""
+    out_h, out_w = -(-height // scale), -(-width // scale)
+    features = torch.randn(n, channels, height, width, dtype=dtype)
+    logits = torch.randn(n, groups, kernel * kernel, out_h, out_w, dtype=dtype)
+    masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, out_h, out_w)
+    return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)

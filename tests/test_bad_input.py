@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from carafe_ultra import CARAFE, carafe
+from carafe_ultra import CARAFE, carafe, carafe_downsample
 from carafe_ultra.__main__ import main
 
 
@@ -32,6 +32,38 @@ def test_bad_arguments(kwargs, error, pattern):
     args = {"kernel_size": 3, "group_size": 2, "scale_factor": 2} | kwargs
     with pytest.raises(error, match=pattern):
         carafe(features, masks, **args)
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        ({"kernel_size": 4}, ValueError, "kernel_size must be odd"),
+        ({"kernel_size": 0}, ValueError, "kernel_size must be >= 1"),
+        ({"scale_factor": 0}, ValueError, "scale_factor must be >= 1"),
+        ({"scale_factor": 2.0}, TypeError, "scale_factor must be an int"),
+        ({"group_size": 3}, ValueError, r"features channels \(4\) must be divisible by group_size \(3\)"),
+    ],
+)
+def test_bad_downsample_arguments(kwargs, error, pattern):
+    features, masks = torch.randn(2, 4, 5, 6), torch.rand(2, 2 * 9, 3, 3)
+    args = {"kernel_size": 3, "group_size": 2, "scale_factor": 2} | kwargs
+    with pytest.raises(error, match=pattern):
+        carafe_downsample(features, masks, **args)
+
+
+def test_downsample_masks_of_the_wrong_shape():
+    features, masks = torch.randn(2, 4, 5, 6), torch.rand(2, 18, 3, 3)
+    with pytest.raises(ValueError, match=r"masks must have shape \(N, group_size\*kernel_size\*\*2, ceil\(H/scale_factor\), "
+                                         r"ceil\(W/scale_factor\)\) = \(N, 18, 3, 3\).*got \(2, 18, 2, 3\)"):
+        carafe_downsample(features, masks[:, :, :2], 3, 2, 2)
+    with pytest.raises(ValueError, match=r"masks must have shape"):
+        carafe_downsample(features, torch.rand(2, 18, 10, 12), 3, 2, 2)  # upsampling's masks
+    with pytest.raises(ValueError, match=r"masks batch size \(1\) must match features batch size \(2\)"):
+        carafe_downsample(features, masks[:1], 3, 2, 2)
+    with pytest.raises(ValueError, match=r"features must be 4-D"):
+        carafe_downsample(features[0], masks, 3, 2, 2)
+    with pytest.raises(TypeError, match="features must have a floating dtype"):
+        carafe_downsample(features.long(), masks, 3, 2, 2)
 
 
 def test_masks_with_wrong_channel_count_or_size():

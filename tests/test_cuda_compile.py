@@ -1,6 +1,7 @@
 """Every kernel specialisation compiles through NVRTC (no GPU or driver needed): the table's variants for sm_70,
 sm_80 and sm_90, every (kernel size, scale) with float32 storage and every pair of storage types of features and
-masks; every variant of every kernel for sm_90, where ptxas also says whether its register arrays fit."""
+masks; every variant of every kernel for sm_90, where ptxas also says whether its register arrays fit. Every module
+holds CARAFE++ downsampling's three kernels too, so each check covers them."""
 
 import os
 import re
@@ -10,7 +11,7 @@ import torch
 
 from carafe_ultra.backends.cupy_launcher import KERNEL_SOURCE, nvrtc_options
 from carafe_ultra.backends.kernel_types import STORAGE_TYPES, Specialisation
-from carafe_ultra.backends.kernel_variants import KERNELS, variant_sets
+from carafe_ultra.backends.kernel_variants import DOWN_KERNELS, ENTRY_POINTS, KERNELS, variant_sets
 from carafe_ultra.experiments import nvrtc
 
 if os.environ.get("CI"):  # CI installs the cuda12 extra: a missing CuPy there is a failure, not a skip
@@ -19,7 +20,6 @@ else:
     pytest.importorskip("cupy")
 from cupy.cuda import nvrtc as cupy_nvrtc  # noqa: E402
 
-ENTRY_POINTS = {f"carafe_{kernel}" for kernel in KERNELS}
 SPECIALISATIONS = [Specialisation(torch.float32, torch.float32, k, s) for k in (1, 3, 5, 7, 9) for s in (1, 2, 3, 4)]
 SPECIALISATIONS += [Specialisation(f, m, 5, 2) for f in STORAGE_TYPES for m in STORAGE_TYPES if (f, m) != (torch.float32,) * 2]
 NO_SPILL_FLOATS = 150  # register arrays up to this size stay in registers (benchmarks/NOTES.md)
@@ -47,7 +47,7 @@ def compile_with_cupy_nvrtc(options):
 def test_every_entry_point_is_in_the_ptx(spec):
     ptx = compile_with_cupy_nvrtc(["--gpu-architecture=compute_80", *nvrtc_options(spec)])
     ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
-    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == ENTRY_POINTS
+    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == set(ENTRY_POINTS)
 
 
 @pytest.mark.parametrize("spec", SPECIALISATIONS, ids=str)
@@ -64,8 +64,8 @@ def test_every_variant_compiles_for_sm_90_with_its_arrays_in_registers(spec):
                                     ["--gpu-architecture=sm_90", "--ptxas-options=--verbose", *nvrtc_options(spec)])
     assert len(program.binary) > 1000
     frames = dict(re.findall(r"Function properties for (\w+)\s+ptxas\s+\.\s+(\d+) bytes stack frame", program.log))
-    assert set(frames) == ENTRY_POINTS
-    for kernel in KERNELS:
+    assert set(frames) == set(ENTRY_POINTS)
+    for kernel in (*KERNELS, *DOWN_KERNELS):
         if spec.variant(kernel).register_floats(spec.kernel_size, spec.scale_factor) <= NO_SPILL_FLOATS:
             assert frames[f"carafe_{kernel}"] == "0", kernel
 

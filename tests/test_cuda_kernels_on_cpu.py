@@ -19,6 +19,8 @@ import torch
 from carafe_ultra.backends.cupy_launcher import KERNEL_DIR
 from carafe_ultra.backends.kernel_types import Specialisation
 from carafe_ultra.backends.kernel_variants import (
+    DOWN_KERNELS,
+    DOWN_VARIANTS,
     SELECTED,
     THREADS_PER_BLOCK,
     VARIANTS,
@@ -28,8 +30,8 @@ from carafe_ultra.backends.kernel_variants import (
     variants_for,
 )
 from carafe_ultra.experiments.host_shim import HostShimLauncher
-from tests.helpers import SHAPES, random_inputs
-from tests.reference import carafe_reference
+from tests.helpers import DOWN_SHAPES, SHAPES, random_down_inputs, random_inputs
+from tests.reference import carafe_downsample_reference, carafe_reference
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 
@@ -68,10 +70,10 @@ def poisoned(shape, dtype):
 
 
 def kernel_arguments(kernel, f, m, go):
-    """The three pointer arguments of ``kernel``, its result poisoned."""
+    """The three pointer arguments of ``kernel`` (or of its downsampling counterpart), its result poisoned."""
     return {"forward": (f, m, poisoned(go.shape, f.dtype)),
             "backward_masks": (go, f, poisoned(m.shape, m.dtype)),
-            "backward_features": (go, m, poisoned(f.shape, f.dtype))}[kernel]
+            "backward_features": (go, m, poisoned(f.shape, f.dtype))}[kernel.removeprefix("down_")]
 
 
 def run_kernel(shim, spec, kernel, group_size, f, m, go):
@@ -173,6 +175,61 @@ def test_offsets_are_64_bit_safe(chosen, shim):
     def last_item_is_right() -> bool:
         shim.launch(spec, chosen.kernel, (threads // THREADS_PER_BLOCK, grid_y), THREADS_PER_BLOCK,
                     (*shifted, *sizes), first_block=(threads - per_item) // THREADS_PER_BLOCK)
+        return torch.equal(args[2], expected)
+
+    assert in_a_child(last_item_is_right) == "passed"
+
+
+DOWN_CASES = [*DOWN_SHAPES, (1, 130, 7, 6, 3, 1, 2)]  # 130 channels: several chunks and grid rows
+DOWN_RUNS = [(case, (torch.float32,) * 2) for case in DOWN_CASES] + [
+    (case, pair) for case in DOWN_CASES[:2] for pair in [(d, d) for d in DTYPES[1:]] + MIXED]
+
+
+def down_expected(kernel, f, m, go, k, g, s):
+    f64, m64 = f.double().requires_grad_(), m.double().requires_grad_()
+    out64 = carafe_downsample_reference(f64, m64, k, g, s)
+    if kernel == "down_forward":
+        return out64.detach()
+    return torch.autograd.grad(out64, m64 if kernel == "down_backward_masks" else f64, go.double())[0]
+
+
+@pytest.mark.parametrize("kernel", DOWN_KERNELS)
+@pytest.mark.parametrize("case,dtypes", DOWN_RUNS, ids=[f"{c}-{name(f)}-{name(m)}" for c, (f, m) in DOWN_RUNS])
+def test_downsampling_kernels_match_the_reference_and_are_deterministic(case, dtypes, kernel, shim):
+    n, c, h, w, k, g, s = case
+    spec = Specialisation(*dtypes, k, s)
+    features, masks = random_down_inputs(n, c, h, w, k, g, s)
+    f, m = features.to(dtypes[0]), masks.to(dtypes[1])
+    go = torch.randn(n, c, -(-h // s), -(-w // s)).to(dtypes[0])
+
+    got = run_kernel(shim, spec, kernel, g, f, m, go)
+    assert not torch.isnan(got).any()
+    assert torch.equal(run_kernel(shim, spec, kernel, g, f, m, go), got)  # bitwise the same, run after run
+    tol = TOLERANCE[dtypes[1] if kernel == "down_backward_masks" else dtypes[0]]
+    torch.testing.assert_close(got.double(), down_expected(kernel, f, m, go, k, g, s), rtol=tol, atol=tol * 4)
+
+
+DOWN_TAIL_CASE = (4, 16, 16, 3, 2, 2)  # G * ceil(H/S) * ceil(W/S) = 128 and C * H * W = 1024: whole blocks per item
+
+
+@pytest.mark.parametrize("kernel", DOWN_KERNELS)
+def test_downsampling_offsets_are_64_bit_safe(kernel, shim):
+    c, h, w, k, g, s = DOWN_TAIL_CASE
+    spec = Specialisation(torch.float32, torch.float32, k, s)
+    features, masks = (t.float() for t in random_down_inputs(1, c, h, w, k, g, s))
+    go = torch.randn(1, c, h // s, w // s)
+    expected = run_kernel(shim, spec, kernel, g, features, masks, go)
+
+    args = kernel_arguments(kernel, features, masks, go)
+    shifted = [t.data_ptr() - (HUGE_BATCH - 1) * t.numel() * t.element_size() for t in args]
+    threads, grid_y, sizes = DOWN_VARIANTS[kernel].geometry((HUGE_BATCH, c, h, w), g, s)
+    per_item = threads // HUGE_BATCH
+    assert per_item % THREADS_PER_BLOCK == 0 and min((HUGE_BATCH - 1) * t.numel() for t in args) > 2**32
+    shim.library(spec)
+
+    def last_item_is_right() -> bool:
+        shim.launch(spec, kernel, (threads // THREADS_PER_BLOCK, grid_y), THREADS_PER_BLOCK, (*shifted, *sizes),
+                    first_block=(threads - per_item) // THREADS_PER_BLOCK)
         return torch.equal(args[2], expected)
 
     assert in_a_child(last_item_is_right) == "passed"

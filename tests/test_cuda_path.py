@@ -12,15 +12,27 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from carafe_ultra import CARAFE, carafe
-from carafe_ultra.backends import BACKEND_VARIABLE, carafe_cuda, select_backend
-from carafe_ultra.backends.cuda_backend import carafe_backward, carafe_forward, use_launcher
+from carafe_ultra import CARAFE, carafe, carafe_downsample
+from carafe_ultra.backends import (
+    BACKEND_VARIABLE,
+    carafe_cuda,
+    carafe_downsample_cuda,
+    carafe_downsample_torch,
+    select_backend,
+)
+from carafe_ultra.backends.cuda_backend import (
+    carafe_backward,
+    carafe_down_backward,
+    carafe_down_forward,
+    carafe_forward,
+    use_launcher,
+)
 from carafe_ultra.backends.cupy_launcher import CupyLauncher, cupy_importable
 from carafe_ultra.backends.kernel_variants import SELECTED, variant_sets
 from carafe_ultra.backends.torch_backend import carafe_torch
-from tests.helpers import SHAPES, random_inputs
+from tests.helpers import DOWN_SHAPES, SHAPES, random_down_inputs, random_inputs
 from tests.host_launcher import FaultyLauncher, HostShimLauncher
-from tests.reference import carafe_reference
+from tests.reference import carafe_downsample_reference, carafe_reference
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 PAIRS = [(f, m) for f in DTYPES for m in DTYPES]
@@ -206,7 +218,7 @@ def test_a_failing_specialisation_warns_once_and_runs_the_pytorch_path(path, fau
         out = carafe(features, masks, 3, 1, 2)
     (warning,) = caught
     message = str(warning.message)
-    assert (f"the CUDA kernels failed for features float32, masks float32, kernel_size 3, scale_factor 2 (variants: "
+    assert (f"the CUDA upsampling kernels failed for features float32, masks float32, kernel_size 3, scale_factor 2 (variants: "
             f"forward pixel, backward_masks pixel, backward_features gather) on {device}") in message
     assert pytest.importorskip("re").search(FAULTS[fault], message)
     assert "runs the PyTorch path for the rest of the process" in message and "CARAFE_ULTRA_BACKEND=torch" in message
@@ -236,7 +248,7 @@ def test_forcing_the_kernels_turns_a_failure_into_an_error(path, fault, monkeypa
     monkeypatch.setenv(BACKEND_VARIABLE, "cupy")
     features, masks = inputs(SHAPES[0], device, requires_grad=False)
     for _ in range(2):  # every call, not just the first
-        with pytest.raises(RuntimeError, match=r"CARAFE_ULTRA_BACKEND=cupy, but the CUDA kernels failed for "
+        with pytest.raises(RuntimeError, match=r"CARAFE_ULTRA_BACKEND=cupy, but the CUDA upsampling kernels failed for "
                                                r"features float32, masks float32, kernel_size 3, scale_factor 2 "
                                                r"\(variants: forward pixel"):
             carafe(features, masks, 3, 1, 2)
@@ -287,3 +299,98 @@ def test_cupy_launcher_names_the_step_that_failed(raised, kind, monkeypatch):
         cupy_launcher.CupyLauncher().launch(Specialisation(torch.float32, torch.float32, 3, 2), "forward", (1, 1), 128,
                                             (torch.empty(1),))
     assert caught.value.kind == kind
+
+
+# CARAFE++ downsampling: the same path, with its own ops and its own first-use check per specialisation.
+
+
+def down_inputs(shape, device, feature_dtype=torch.float32, mask_dtype=torch.float32, requires_grad=True):
+    features, masks = random_down_inputs(*shape)
+    return (features.to(device, feature_dtype).requires_grad_(requires_grad),
+            masks.to(device, mask_dtype).requires_grad_(requires_grad))
+
+
+def test_downsampling_dispatches_to_its_kernels(path):
+    device, _ = path
+    features, masks = down_inputs(DOWN_SHAPES[0], device, torch.float16, torch.float32)
+    assert select_backend(features, masks, downsample=True) is carafe_downsample_cuda
+    assert select_backend(features.double(), masks.double(), downsample=True) is carafe_downsample_torch
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32,) * 2, (torch.float16, torch.float32), (torch.bfloat16,) * 2],
+                         ids=lambda p: f"{dtype_name(p[0])}-{dtype_name(p[1])}")
+@pytest.mark.parametrize("shape", [DOWN_SHAPES[1], DOWN_SHAPES[2], (2, 130, 7, 6, 3, 1, 2)], ids=str)
+def test_downsampling_matches_the_reference_without_conversions(path, shape, dtypes):
+    device, launcher = path
+    k, g, s = shape[4:]
+    features, masks = down_inputs(shape, device, *dtypes)
+    out = carafe_downsample(features, masks, k, g, s)
+    grad_out = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (features, masks), grad_out)
+    f64, m64 = (t.detach().cpu().double().requires_grad_() for t in (features, masks))
+    want = carafe_downsample_reference(f64, m64, k, g, s)
+    want_grads = torch.autograd.grad(want, (f64, m64), grad_out.cpu().double())
+    for got, expected, dtype in zip((out, *grads), (want, *want_grads), (dtypes[0], *dtypes)):
+        assert got.dtype == dtype and got.device.type == device.type
+        tol = max(TOLERANCE[d] for d in dtypes)
+        torch.testing.assert_close(got.cpu().double(), expected.detach(), rtol=tol, atol=tol)
+    assert launcher.dtypes[-3] == (dtypes[0], dtypes[1], dtypes[0])  # the real forward, after the check
+    assert {name for name in launcher.launches} == {"down_forward", "down_backward_masks", "down_backward_features"}
+
+
+def test_downsampling_gradients_nobody_asked_for_are_not_computed(path):
+    device, launcher = path
+    features, masks = down_inputs(DOWN_SHAPES[0], device)
+    carafe_downsample(features, masks.detach(), 3, 1, 2).sum().backward()  # warms up (first-use check) too
+    launcher.launches.clear()
+    carafe_downsample(features, masks.detach(), 3, 1, 2).sum().backward()
+    assert launcher.launches == {"down_forward": 1, "down_backward_features": 1}
+    launcher.launches.clear()
+    carafe_downsample(features.detach(), masks, 3, 1, 2).sum().backward()
+    assert launcher.launches == {"down_forward": 1, "down_backward_masks": 1}
+
+
+def test_downsampling_second_order_gradients_match_the_pytorch_path(path):
+    device, _ = path
+    results = []
+    for backend in ("auto", "torch"):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(BACKEND_VARIABLE, backend)
+            torch.manual_seed(1)
+            features, masks = down_inputs((2, 4, 7, 5, 3, 2, 2), device)
+            grad_out = torch.randn(2, 4, 4, 3, device=device, requires_grad=True)
+            a, b = torch.randn_like(features), torch.randn_like(masks)
+            out = carafe_downsample(features, masks, 3, 2, 2)
+            grad_features, grad_masks = torch.autograd.grad(out, (features, masks), grad_out, create_graph=True)
+            loss = (grad_features * a).sum() + (grad_masks * b).sum()
+            results.append(torch.autograd.grad(loss, (features, masks, grad_out)))
+    for kernels, reference in zip(*results):
+        torch.testing.assert_close(kernels, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_downsampling_opcheck_and_fake_shapes(path):
+    device, _ = path
+    features, masks = down_inputs((2, 8, 7, 6, 3, 2, 2), device)
+    grad_out = torch.randn(2, 8, 4, 3, device=device)
+    torch.library.opcheck(carafe_down_forward, (features, masks, 3, 2, 2))
+    for need in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(carafe_down_backward, (grad_out.requires_grad_(), features, masks, 3, 2, 2, *need))
+    with FakeTensorMode():
+        fake = carafe_down_forward(torch.empty(2, 8, 7, 6, dtype=torch.float16), torch.empty(2, 18, 3, 2), 3, 2, 3)
+    assert fake.shape == (2, 8, 3, 2) and fake.dtype == torch.float16
+
+
+def test_each_operation_has_its_own_first_use_check_and_fallback(path, recwarn):
+    device, launcher = path
+    launcher.fault, launcher.affects = "wrong", lambda spec: True
+    up = inputs(SHAPES[0], device, requires_grad=False)
+    down = down_inputs(DOWN_SHAPES[0], device, requires_grad=False)  # the same specialisation: k 3, s 2, float32
+    with pytest.warns(RuntimeWarning, match="the CUDA downsampling kernels failed for features float32, masks "
+                                            "float32, kernel_size 3, scale_factor 2"):
+        out = carafe_downsample(*down, 3, 1, 2)
+    torch.testing.assert_close(out, carafe_downsample_torch(*down, 3, 1, 2), rtol=0, atol=0)
+    launcher.fault = None
+    carafe(*up, 3, 1, 2)  # the upsampling kernels of the same module still run: their own check passes
+    assert launcher.launches["forward"] == 2 and launcher.launches["down_forward"] == 1
+    carafe_downsample(*down, 3, 1, 2)  # and the failed downsampling specialisation stays on the PyTorch path
+    assert launcher.launches["down_forward"] == 1

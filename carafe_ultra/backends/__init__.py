@@ -14,7 +14,12 @@
 - ``CARAFE_ULTRA_BACKEND=torch`` or ``=cupy`` forces one (``auto``, the default, decides as above); forcing
   ``cupy`` where the kernels cannot run raises an error saying why.
 
-Callers go through :func:`carafe_ultra.carafe`; backends receive checked inputs.
+CARAFE++ downsampling (``downsample=True``) is chosen the same way, between :func:`carafe_downsample_cuda` and
+:func:`carafe_downsample_torch`; every export records :func:`carafe_downsample_traceable` (strided slices and
+multiply-adds of output-sized tensors, which every converter runs).
+
+Callers go through :func:`carafe_ultra.carafe` and :func:`carafe_ultra.carafe_downsample`; backends receive checked
+inputs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .choice import BACKEND_VARIABLE, backend_choice
-from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, launcher_unavailable
+from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, carafe_downsample_cuda, launcher_unavailable
 from .torch_backend import (
     carafe_einsum,
     carafe_matmul,
@@ -39,6 +44,7 @@ from .torch_backend import (
     logits_by_pixel,
     masks_from_logits,
 )
+from .torch_downsample import carafe_downsample_torch, carafe_downsample_traceable
 
 Backend = Callable[[Tensor, Tensor, int, int, int], Tensor]
 
@@ -92,14 +98,16 @@ def exported_from_logits(features: Tensor, logits: Tensor, kernel_size: int, gro
     return gathered_windows_product(features, by_pixel, kernel_size, torch.matmul if onnx else einsum_product)
 
 
-def select_backend(features: Tensor, masks: Tensor) -> Backend:
-    """Return the implementation for these (already checked) inputs."""
+def select_backend(features: Tensor, masks: Tensor, downsample: bool = False) -> Backend:
+    """Return the implementation for these (already checked) inputs: of CARAFE, or of CARAFE++ downsampling."""
+    torch_path, cuda_path = ((carafe_downsample_torch, carafe_downsample_cuda) if downsample
+                             else (carafe_torch, carafe_cuda))
     choice = backend_choice()
     exporting = is_exporting()
     if choice == "torch" or (choice == "auto" and exporting):
         if not exporting:
-            return carafe_torch
-        return _export_form()
+            return torch_path
+        return carafe_downsample_traceable if downsample else _export_form()
     if exporting:
         reason = "tracers and exporters record plain PyTorch ops only"
     elif features.dtype not in SUPPORTED_DTYPES or masks.dtype not in SUPPORTED_DTYPES:
@@ -108,14 +116,14 @@ def select_backend(features: Tensor, masks: Tensor) -> Backend:
     else:
         reason = launcher_unavailable(features.device)
         if reason is None:
-            return carafe_cuda
+            return cuda_path
         if features.is_cuda and choice == "auto":
             _warn_once(reason)
     if choice == "cupy":
         raise ValueError(f"{BACKEND_VARIABLE}=cupy, but {reason}")
-    return carafe_torch
+    return torch_path
 
 
-__all__ = ["BACKEND_VARIABLE", "Backend", "backend_choice", "carafe_cuda", "carafe_einsum", "carafe_matmul",
-           "carafe_torch", "carafe_traceable", "exported_from_logits", "is_exporting", "masks_from_logits",
-           "select_backend"]
+__all__ = ["BACKEND_VARIABLE", "Backend", "backend_choice", "carafe_cuda", "carafe_downsample_cuda",
+           "carafe_downsample_torch", "carafe_downsample_traceable", "carafe_einsum", "carafe_matmul", "carafe_torch",
+           "carafe_traceable", "exported_from_logits", "is_exporting", "masks_from_logits", "select_backend"]

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from .kernel_variants import KERNELS, SELECTED, Variant, variant
+from .kernel_variants import DOWN_VARIANTS, KERNELS, SELECTED, Variant, variant
 
 # The storage types of kernels/carafe.cu, by dtype.
 STORAGE_TYPES = {torch.float32: "float", torch.float16: "half_bits", torch.bfloat16: "bf16_bits"}
@@ -36,8 +36,8 @@ class Specialisation:
             variant(kernel, getattr(self, kernel))  # an unknown variant fails here, not in the compiler
 
     def variant(self, kernel: str) -> Variant:
-        """The variant of ``kernel`` this module runs."""
-        return variant(kernel, getattr(self, kernel))
+        """The variant of ``kernel`` this module runs (the downsampling's kernels have one design each)."""
+        return DOWN_VARIANTS[kernel] if kernel in DOWN_VARIANTS else variant(kernel, getattr(self, kernel))
 
     def defines(self) -> tuple[str, ...]:
         """The -D options that build this module of kernels/carafe.cu."""
@@ -67,6 +67,6 @@ class Launcher(Protocol):
         """Why this launcher cannot run kernels on tensors of ``device`` (None: it can)."""
 
     def launch(self, spec: Specialisation, name: str, grid: tuple[int, int], block: int, args: tuple) -> None:
-        """Run ``carafe_<name>`` (forward, backward_masks or backward_features) of ``spec`` over ``grid`` blocks of
-        ``block`` threads; ``args`` are tensors (passed as pointers) and ints (passed as 64-bit integers). Raises
+        """Run ``carafe_<name>`` (forward, backward_masks, backward_features or their down_ counterparts) of ``spec``
+        over ``grid`` blocks of ``block`` threads; ``args`` are tensors (passed as pointers) and ints (passed as 64-bit integers). Raises
         :class:`KernelError`."""

@@ -26,7 +26,7 @@ class Variant:
     """One design of one kernel.
 
     Attributes:
-        kernel: "forward", "backward_masks" or "backward_features".
+        kernel: "forward", "backward_masks" or "backward_features"; "down_" before them for the downsampling's.
         name: the variant, e.g. "row" (``-DCARAFE_FORWARD=row``).
         unit: what one thread owns: "pixel" (an output pixel), "row" (the S output pixels of one output row that share
             a source pixel), "block" (all S x S output pixels of a source pixel), "input" (one input element), "input
@@ -67,13 +67,14 @@ class Variant:
             "block": n * groups * height * width,
             "input": n * channels * height * width,
             "input pixel": n * groups * height * width,
+            "down pixel": n * groups * -(-height // scale) * -(-width // scale),
         }
         if self.unit == "split":  # whole warps of output pixels, SPLIT_SLICES warps to a block
             threads = -(-units["pixel"] // SPLIT_LANES) * SPLIT_LANES * SPLIT_SLICES
         else:
             threads = units[self.unit]
         dims = (n, channels, height, width, groups)
-        if self.kernel == "backward_masks":
+        if self.kernel.endswith("backward_masks"):
             return threads, 1, dims
         if not self.chunked:
             return threads, 1, (*dims, 1)
@@ -105,6 +106,18 @@ for _variant in (
     VARIANTS.setdefault(_variant.kernel, {})[_variant.name] = _variant
 
 KERNELS = tuple(VARIANTS)
+
+# CARAFE++ downsampling's kernels (the carafe_down_* entry points): one design each, built into every module.
+DOWN_VARIANTS: dict[str, Variant] = {v.kernel: v for v in (
+    Variant("down_forward", "pixel", "down pixel", True, False, 0, (1, 0, 0),
+            "thread per output pixel, K*K masks in registers, every tap bounds-checked, 64-bit offsets"),
+    Variant("down_backward_masks", "pixel", "down pixel", False, False, 0, (1, 0, 0),
+            "thread per output pixel over all the group's channels, every tap bounds-checked, 64-bit offsets"),
+    Variant("down_backward_features", "gather", "input", False, False, 0, (0, 0, 0),
+            "thread per input element, gathering the at most ceil(K/S)^2 outputs whose window reads it"),
+)}
+DOWN_KERNELS = tuple(DOWN_VARIANTS)
+ENTRY_POINTS = tuple(f"carafe_{kernel}" for kernel in (*KERNELS, *DOWN_KERNELS))  # every module's
 
 # The variant the CUDA path runs for each kernel: the first designs, until a GPU has measured the others.
 SELECTED: dict[str, str] = {"forward": "pixel", "backward_masks": "pixel", "backward_features": "gather"}

@@ -25,7 +25,7 @@ from torch import Tensor
 CHUNK_ELEMENTS = 1 << 21
 
 
-def _promoted(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+def promoted(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     """Both inputs in the wider of their dtypes (the PyTorch path's rule for mixed dtypes)."""
     compute = torch.promote_types(features.dtype, masks.dtype)
     return features.to(compute), masks.to(compute)
@@ -33,7 +33,7 @@ def _promoted(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
 
 def carafe_torch(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
     """CARAFE with standard ops and a hand-written backward pass. Inputs are checked by the caller."""
-    out = _CarafeFunction.apply(*_promoted(features, masks), kernel_size, group_size, scale_factor)
+    out = _CarafeFunction.apply(*promoted(features, masks), kernel_size, group_size, scale_factor)
     return out.to(features.dtype)
 
 
@@ -42,7 +42,7 @@ def carafe_traceable(features: Tensor, masks: Tensor, kernel_size: int, group_si
     add) and tensors of rank <= 5 (Core ML's limit): the zero-padded input is upsampled by repetition once, and
     each of the k² taps is one shifted window of it times that tap's masks. It holds output-sized tensors, never
     the k²-times-larger unfolded input; autograd, if any, runs through the ops."""
-    wide_features, wide_masks = _promoted(features, masks)
+    wide_features, wide_masks = promoted(features, masks)
     n, channels, height, width = features.shape
     k, s, g = kernel_size, scale_factor, group_size
     r = (k - 1) // 2
@@ -131,7 +131,7 @@ def gathered_windows_product(features: Tensor, by_pixel: Tensor, kernel_size: in
     channels-last order (a k²-times copy of the input, not of the output), and the s² results of each pixel go to
     their places with one block transpose and one channels-last to channels-first transpose. Mixed dtypes are
     computed in the wider one, and the result has the features' dtype. Autograd, if any, runs through the ops."""
-    wide_features, by_pixel = _promoted(features, by_pixel)
+    wide_features, by_pixel = promoted(features, by_pixel)
     n, channels, height, width = features.shape
     _, _, g, sub_pixels, k2 = by_pixel.shape
     k, s = kernel_size, math.isqrt(sub_pixels)
@@ -154,7 +154,7 @@ def _window_index(height: int, width: int, kernel_size: int, device: torch.devic
 
 def reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
     """The forward values of :func:`carafe_torch`, without autograd (the CUDA path falls back to it)."""
-    return _reassemble(*_promoted(features, masks), kernel_size, group_size, scale_factor).to(features.dtype)
+    return _reassemble(*promoted(features, masks), kernel_size, group_size, scale_factor).to(features.dtype)
 
 
 def reassemble_backward(
@@ -162,7 +162,7 @@ def reassemble_backward(
     want_features: bool, want_masks: bool,
 ) -> tuple[Tensor | None, Tensor | None]:
     """The gradients :func:`carafe_torch` computes, each in its input's dtype (None where not wanted)."""
-    wide_features, wide_masks = _promoted(features, masks)
+    wide_features, wide_masks = promoted(features, masks)
     grads = _reassemble_backward(grad_out.to(wide_features.dtype), wide_features, wide_masks, kernel_size,
                                  group_size, scale_factor, want_features, want_masks)
     return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (features, masks)))
@@ -183,11 +183,11 @@ class _CarafeFunction(torch.autograd.Function):
         return (*grads, None, None, None)
 
 
-def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _channel_chunks(channels: int, groups: int, elements_per_channel: int) -> Iterator[tuple[int, int, int]]:
+def channel_chunks(channels: int, groups: int, elements_per_channel: int) -> Iterator[tuple[int, int, int]]:
     """Yield (group, first channel, end channel): balanced chunks that never straddle a group."""
     per_group = channels // groups
     limit = max(1, CHUNK_ELEMENTS // max(1, elements_per_channel))
@@ -223,11 +223,11 @@ def _reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: i
     k, s = kernel_size, scale_factor
     r = (k - 1) // 2
     padded_width, span = width + 2 * r, height * (width + 2 * r)
-    acc_dtype = _accumulator_dtype(features.dtype)
+    acc_dtype = accumulator_dtype(features.dtype)
     padded = _flat_padded(features, r)
     taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
     out = features.new_empty(n, channels, height * s, width * s)
-    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span):
+    for group, start, end in channel_chunks(channels, group_size, n * s * s * span):
         window = padded[:, start:end, None, None].to(acc_dtype)  # (N, c, 1, 1, (H+2r+1)·Wp)
         acc = window.new_zeros(n, end - start, s, s, span)
         for tap in range(k * k):
@@ -258,13 +258,13 @@ def _reassemble_backward(
     k, s = kernel_size, scale_factor
     r = (k - 1) // 2
     padded_width, span = width + 2 * r, height * (width + 2 * r)
-    acc_dtype = _accumulator_dtype(features.dtype)
+    acc_dtype = accumulator_dtype(features.dtype)
     padded = _flat_padded(features, r)
     taps = _masks_by_tap(masks, k, group_size, s, acc_dtype)
     grad_padded = torch.zeros_like(padded, dtype=acc_dtype) if want_features else None
     grad_taps = torch.zeros_like(taps) if want_masks else None
 
-    for group, start, end in _channel_chunks(channels, group_size, n * s * s * span):
+    for group, start, end in channel_chunks(channels, group_size, n * s * s * span):
         blocks = grad_out[:, start:end].reshape(n, end - start, height, s, width, s).permute(0, 1, 3, 5, 2, 4)
         # Zero in the extra columns, so they add nothing to grad_features.
         blocks = F.pad(blocks, (0, 2 * r)).contiguous().flatten(-2).to(acc_dtype)  # (N, c, s, s, H·Wp)

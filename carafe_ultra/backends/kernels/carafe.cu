@@ -1,4 +1,5 @@
-// CARAFE forward and backward kernels (mmcv semantics; see carafe_ultra/functional.py).
+// CARAFE forward and backward kernels (mmcv semantics; see carafe_ultra/functional.py), and those of CARAFE++'s
+// downsampling (the carafe_down_* entry points, near the end).
 //
 // One source, two compilers: NVRTC builds it for GPUs (carafe_ultra/backends/cupy_launcher.py), and
 // host_shim.cpp builds the very same text with g++ so CI can run every kernel on a CPU. That is why the kernels
@@ -475,6 +476,112 @@ CARAFE_UNROLL
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// CARAFE++ downsampling (carafe_downsample in carafe_ultra/functional.py): output pixel (oh, ow) of the
+// ceil(H/S) x ceil(W/S) output reassembles the K x K window around input pixel (S*oh, S*ow). Masks
+// (N, G*K*K, ceil(H/S), ceil(W/S)), output (N, C, ceil(H/S), ceil(W/S)). One design per kernel, built into every
+// module: 64-bit offsets, every tap bounds-checked, no atomics.
+
+CARAFE_DEVICE index_t down_size(index_t size) { return (size + CARAFE_S - 1) / CARAFE_S; }
+
+// An output pixel of the downsampling as its thread owns it: column fastest, then the row, group and batch.
+struct DownPixel {
+    index_t n, g;    // batch and group
+    index_t oh, ow;  // the output pixel
+    index_t plane;   // out_h * out_w
+};
+
+// Fills p for output pixel number `index`; false for the numbers past the last pixel.
+CARAFE_DEVICE bool claim_down_pixel(index_t index, index_t batch, index_t groups, index_t height, index_t width,
+                                    DownPixel& p) {
+    const index_t out_h = down_size(height), out_w = down_size(width);
+    p.plane = out_h * out_w;
+    if (index >= batch * groups * p.plane) return false;
+    p.ow = index % out_w;
+    p.oh = index / out_w % out_h;
+    p.g = index / p.plane % groups;
+    p.n = index / (p.plane * groups);
+    return true;
+}
+
+// One thread per (batch, group, output row, output column), over a chunk of the group's channels (blockIdx.y picks
+// the chunk): the K*K mask values are read once into registers and reused by every channel.
+template <typename F, typename M>
+CARAFE_DEVICE void down_forward_pixel(const F* __restrict__ features, const M* __restrict__ masks,
+                                      F* __restrict__ out, index_t batch, index_t channels, index_t height,
+                                      index_t width, index_t groups, index_t channel_chunk) {
+    DownPixel p;
+    if (!claim_down_pixel(global_thread(), batch, groups, height, width, p)) return;
+    const index_t at = p.oh * down_size(width) + p.ow;
+
+    float weight[CARAFE_TAPS];
+    const M* mask = masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at;
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * p.plane);
+
+    index_t first, end;
+    channel_chunk_range(p.g, channels / groups, blockIdx.y, channel_chunk, first, end);
+    for (index_t c = first; c < end; ++c) {
+        const F* source = features + (p.n * channels + c) * height * width;
+        float acc = 0.f;
+        for_each_inside_tap(p.oh * CARAFE_S, p.ow * CARAFE_S, height, width,
+                            [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
+        store(out + (p.n * channels + c) * p.plane + at, acc);
+    }
+}
+
+// grad_masks[n, g*K*K + tap, oh, ow] = sum over the group's channels of grad_out * the tap's source pixel; one
+// thread per output pixel, all channels of its group: a plain sum, no atomics.
+template <typename F, typename M>
+CARAFE_DEVICE void down_backward_masks_pixel(const F* __restrict__ grad_out, const F* __restrict__ features,
+                                             M* __restrict__ grad_masks, index_t batch, index_t channels,
+                                             index_t height, index_t width, index_t groups) {
+    DownPixel p;
+    if (!claim_down_pixel(global_thread(), batch, groups, height, width, p)) return;
+    const index_t at = p.oh * down_size(width) + p.ow;
+
+    float acc[CARAFE_TAPS];
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) acc[tap] = 0.f;
+    const index_t per_group = channels / groups;
+    for (index_t c = p.g * per_group; c < (p.g + 1) * per_group; ++c) {
+        const float go = load(grad_out + (p.n * channels + c) * p.plane + at);
+        const F* source = features + (p.n * channels + c) * height * width;
+        for_each_inside_tap(p.oh * CARAFE_S, p.ow * CARAFE_S, height, width,
+                            [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
+    }
+    M* grad = grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at;
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * p.plane, acc[tap]);  // 0 for taps outside
+}
+
+// grad_features[n, c, h, w]: gathered from the output pixels whose window reads (h, w). Output pixel (oh, ow) reads
+// it through tap (i, j) when S*oh = h + R - i and S*ow = w + R - j: at most ceil(K/S)^2 of them, one per channel.
+template <typename F, typename M>
+CARAFE_DEVICE void down_backward_features_gather(const F* __restrict__ grad_out, const M* __restrict__ masks,
+                                                 F* __restrict__ grad_features, index_t batch, index_t channels,
+                                                 index_t height, index_t width, index_t groups,
+                                                 index_t /* channel_chunk: one channel per thread */) {
+    const index_t out_h = down_size(height), out_w = down_size(width), plane = out_h * out_w;
+    const index_t index = global_thread();
+    if (index >= batch * channels * height * width) return;
+    const index_t w = index % width, h = (index / width) % height;
+    const index_t c = (index / (height * width)) % channels, n = index / (height * width * channels);
+    const index_t g = c / (channels / groups);
+
+    const F* grad = grad_out + (n * channels + c) * plane;
+    const M* mask = masks + (n * groups + g) * CARAFE_TAPS * plane;
+    float acc = 0.f;
+    for (int i = 0; i < CARAFE_K; ++i) {
+        const index_t y = h + CARAFE_R - i;
+        if (y < 0 || y % CARAFE_S != 0 || y / CARAFE_S >= out_h) continue;
+        for (int j = 0; j < CARAFE_K; ++j) {
+            const index_t x = w + CARAFE_R - j;
+            if (x < 0 || x % CARAFE_S != 0 || x / CARAFE_S >= out_w) continue;
+            const index_t at = y / CARAFE_S * out_w + x / CARAFE_S;
+            acc += load(grad + at) * load(mask + (i * CARAFE_K + j) * plane + at);
+        }
+    }
+    store(grad_features + index, acc);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // The C entry points of this specialisation, one per kernel, each running the variant its -D option names
 // (-DCARAFE_FORWARD=row runs forward_tile<1, S>): a module holds only the variants the CUDA path runs.
 #if !defined(CARAFE_FORWARD) || !defined(CARAFE_BACKWARD_MASKS) || !defined(CARAFE_BACKWARD_FEATURES)
@@ -518,4 +625,25 @@ extern "C" __global__ void carafe_backward_features(const feature_t* grad_out, c
     CARAFE_VARIANT(CARAFE_BACKWARD_FEATURES_, CARAFE_BACKWARD_FEATURES)(grad_out, masks, grad_features, batch,
                                                                         channels, height, width, groups,
                                                                         channel_chunk);
+}
+
+// The downsampling entry points, with the same arguments as their upsampling counterparts.
+extern "C" __global__ void carafe_down_forward(const feature_t* features, const mask_t* masks, feature_t* out,
+                                               index_t batch, index_t channels, index_t height, index_t width,
+                                               index_t groups, index_t channel_chunk) {
+    down_forward_pixel(features, masks, out, batch, channels, height, width, groups, channel_chunk);
+}
+
+extern "C" __global__ void carafe_down_backward_masks(const feature_t* grad_out, const feature_t* features,
+                                                      mask_t* grad_masks, index_t batch, index_t channels,
+                                                      index_t height, index_t width, index_t groups) {
+    down_backward_masks_pixel(grad_out, features, grad_masks, batch, channels, height, width, groups);
+}
+
+extern "C" __global__ void carafe_down_backward_features(const feature_t* grad_out, const mask_t* masks,
+                                                         feature_t* grad_features, index_t batch, index_t channels,
+                                                         index_t height, index_t width, index_t groups,
+                                                         index_t channel_chunk) {
+    down_backward_features_gather(grad_out, masks, grad_features, batch, channels, height, width, groups,
+                                  channel_chunk);
 }

@@ -117,6 +117,24 @@ extern "C" int emulate_carafe_backward_features(unsigned gx, unsigned gy, unsign
     return emulate(gx, gy, bx, first, [&] { carafe_backward_features(go, m, gf, n, c, h, w, g, chunk); });
 }
 
+extern "C" int emulate_carafe_down_forward(unsigned gx, unsigned gy, unsigned bx, unsigned first, const feature_t* f,
+                                           const mask_t* m, feature_t* out, index_t n, index_t c, index_t h,
+                                           index_t w, index_t g, index_t chunk) {
+    return emulate(gx, gy, bx, first, [&] { carafe_down_forward(f, m, out, n, c, h, w, g, chunk); });
+}
+
+extern "C" int emulate_carafe_down_backward_masks(unsigned gx, unsigned gy, unsigned bx, unsigned first,
+                                                  const feature_t* go, const feature_t* f, mask_t* gm, index_t n,
+                                                  index_t c, index_t h, index_t w, index_t g) {
+    return emulate(gx, gy, bx, first, [&] { carafe_down_backward_masks(go, f, gm, n, c, h, w, g); });
+}
+
+extern "C" int emulate_carafe_down_backward_features(unsigned gx, unsigned gy, unsigned bx, unsigned first,
+                                                     const feature_t* go, const mask_t* m, feature_t* gf, index_t n,
+                                                     index_t c, index_t h, index_t w, index_t g, index_t chunk) {
+    return emulate(gx, gy, bx, first, [&] { carafe_down_backward_features(go, m, gf, n, c, h, w, g, chunk); });
+}
+
 #ifdef CARAFE_SHIM_SELF_TEST
 // Kernels that test the shim itself (tests/test_cuda_kernels_on_cpu.py builds them in): one reads, after a barrier,
 // what its neighbour wrote before it; in the other, half the threads end without reaching the barrier.
