@@ -1,12 +1,14 @@
 """CARAFE (Content-Aware ReAssembly of FEatures) for PyTorch and Ultralytics RT-DETR/YOLO models.
 
 The core, bottom up: ``_checks`` -> ``backends`` -> ``functional`` (:func:`carafe`) -> ``module`` (:class:`CARAFE`),
-``dysample`` (:class:`DySample`) and ``eucb`` (:class:`EUCB`) -> ``upsamplers`` (the table of upsamplers), with
+``dysample`` (:class:`DySample`), ``eucb`` (:class:`EUCB`) and ``downsample`` (:class:`CARAFEDown`, CARAFE++'s
+downsampler, :func:`carafe_downsample`) -> ``upsamplers`` (the table of upsamplers), with
 ``resnet`` (:class:`ResNetBasicLayer`, RT-DETR-R18's backbone) -> ``integration`` (Ultralytics)
 -> ``yamls`` (model YAMLs). The experiment tooling (data, baselines, ablation, report, benchmark) lives in
 ``carafe_ultra.experiments``; the core never imports it.
 """
 
+from .downsample import CARAFEDown
 from .dysample import DySample
 from .eucb import EUCB
 from .functional import carafe, carafe_downsample
@@ -16,5 +18,6 @@ from .resnet import ResNetBasicLayer
 from .yamls import carafe_yaml, convert_yaml, model_dir, model_yaml
 
 __version__ = "0.2.0"
-__all__ = ["CARAFE", "EUCB", "DySample", "ResNetBasicLayer", "UnsupportedUltralyticsError", "__version__", "carafe",
+__all__ = ["CARAFE", "CARAFEDown", "EUCB", "DySample", "ResNetBasicLayer", "UnsupportedUltralyticsError", "__version__", "carafe",
+           "carafe_downsample",
            "carafe_yaml", "convert_yaml", "model_dir", "model_yaml", "register"]

@@ -1,7 +1,9 @@
 """``python -m carafe_ultra``: the package's command line.
 
     python -m carafe_ultra models [NAME]           path of a shipped model YAML (or list them)
-    python -m carafe_ultra convert MODEL [-o DIR]  write MODEL with CARAFE in place of nn.Upsample; print the path
+    python -m carafe_ultra convert MODEL [-o DIR] [--downsample] [--upsampler NAME]
+                                                   write MODEL with CARAFE in place of nn.Upsample (and with
+                                                   --downsample, CARAFEDown in place of the neck's strided Convs)
     python -m carafe_ultra ablate [...]            train with each upsampler and compare (scripts/ablate.py)
     python -m carafe_ultra benchmark [...]         side-by-side speed and memory (scripts/benchmark.py)
     python -m carafe_ultra gpu-check [--dry-run]   every GPU check in one run, one report (make gpu-check)
@@ -13,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from .experiments import ablation, benchmark, gpu_check, show
-from .yamls import carafe_yaml, model_dir, model_yaml
+from .upsamplers import UPSAMPLERS
+from .yamls import convert_yaml, model_dir, model_yaml
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -29,8 +32,9 @@ def _models(args: argparse.Namespace) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     try:
-        print(carafe_yaml(args.model, args.out_dir))
-    except (FileNotFoundError, ValueError) as error:  # no such model, or no upsampling row in it
+        upsampler = None if args.upsampler == "none" else args.upsampler
+        print(convert_yaml(args.model, upsampler, args.out_dir, downsample=args.downsample))
+    except (FileNotFoundError, ValueError) as error:  # no such model, or no row to replace in it
         args.error(str(error))
 
 
@@ -46,6 +50,12 @@ def parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="write a model YAML with CARAFE in place of nn.Upsample")
     convert.add_argument("model", help="a stock Ultralytics name (yolo26n-seg.yaml), one of ours, or a path")
     convert.add_argument("-o", "--out-dir", dest="out_dir", default=None, help="folder to write to (default: .)")
+    convert.add_argument("--downsample", action="store_true",
+                         help="also replace the neck's stride-2 Conv rows (never the backbone's) with CARAFEDown "
+                              "(CARAFE++ downsampling): MODEL-carafe-both.yaml")
+    convert.add_argument("--upsampler", choices=[*UPSAMPLERS, "none"], default="carafe",
+                         help="what the upsampling rows become (default: carafe); none leaves them, e.g. with "
+                              "--downsample for MODEL-carafe-down.yaml")
     convert.set_defaults(run=_convert, error=convert.error)
     for name, tool, summary in (("ablate", ablation, "train with each upsampler and compare them"),
                                 ("benchmark", benchmark, "side-by-side speed and memory measurements"),

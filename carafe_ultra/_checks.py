@@ -32,6 +32,16 @@ def check_divides(name: str, divisor: int, channels_name: str, channels: int) ->
         raise ValueError(f"{channels_name} ({channels}) must be divisible by {name} ({divisor})")
 
 
+def checked_input(x: Tensor, channels: int, module: str) -> Tensor:
+    """``x`` itself, once it is known to be (N, channels, H, W), else an error naming ``module``. It flows on, so graph
+    passes keep the check; modules call it through ``torch.fx.wrap("checked_input")`` in their own namespace, so that
+    torch.fx records the call instead of tracing into shapes it does not have."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{module} expects input of shape (N, {channels}, H, W), got {got}")
+    return x
+
+
 def _check_tensor(name: str, tensor: object) -> Tensor:
     if not isinstance(tensor, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")

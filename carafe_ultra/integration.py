@@ -24,14 +24,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .downsample import CARAFEDown
 from .module import CARAFE
 from .resnet import BasicBlock, ResNetBasicLayer
 from .upsamplers import UPSAMPLERS
 
-# Ours, by YAML module name: what register() injects into Ultralytics (the upsamplers of the table, then the layers
-# of the base models we ship).
+# Ours, by YAML module name: what register() injects into Ultralytics (the upsamplers of the table, CARAFE++'s
+# downsampler, then the layers of the base models we ship).
 OUR_MODULES: dict[str, type[nn.Module]] = {
-    **{u.module: u.module_class for u in UPSAMPLERS.values() if u.module_class}, "ResNetBasicLayer": ResNetBasicLayer}
+    **{u.module: u.module_class for u in UPSAMPLERS.values() if u.module_class}, "CARAFEDown": CARAFEDown,
+    "ResNetBasicLayer": ResNetBasicLayer}
 # Classes a checkpoint of ours pickles: what safe loading must allow besides torch's and Ultralytics' own.
 _CHECKPOINT_CLASSES = [*OUR_MODULES.values(), BasicBlock]
 
@@ -208,6 +210,12 @@ def _count_reassembly_macs(module: CARAFE, inputs, output) -> None:
     module.total_ops += int(output.numel()) * module.kernel_size**2
 
 
+def _count_downsampling_macs(module: CARAFEDown, inputs, output) -> None:
+    """thop rule: the downsampling reassembly's multiply-adds, k² per element of its (c1-channel) output."""
+    n, _, height, width = output.shape
+    module.total_ops += n * module.c1 * height * width * module.kernel_size**2
+
+
 def _register_flops_rule() -> None:
     """Let thop (what ``model.info()`` uses for GFLOPs) count the reassembly, which no conv hook sees."""
     try:
@@ -215,6 +223,7 @@ def _register_flops_rule() -> None:
     except ImportError:
         return
     thop_profile.register_hooks[CARAFE] = _count_reassembly_macs
+    thop_profile.register_hooks[CARAFEDown] = _count_downsampling_macs
 
 
 def ultralytics_model(model: str | Path):

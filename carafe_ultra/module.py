@@ -8,7 +8,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from ._checks import check_divides, check_int, is_number
+from ._checks import check_divides, check_int, checked_input, is_number
 from .backends import exported_from_logits, is_exporting, masks_from_logits
 from .functional import carafe
 
@@ -103,7 +103,7 @@ class CARAFE(nn.Module):
         return masks_from_logits(self.encoder(self.compressor(x)), self.kernel_size, self.groups, self.up_factor)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = _checked_input(x, self.c1)
+        x = checked_input(x, self.c1, "CARAFE")
         features = x if self.projection is None else self.projection(x)
         logits = self.encoder(self.compressor(x))
         if is_exporting():  # the export form normalises the masks in its own layout (the same values)
@@ -120,12 +120,4 @@ class CARAFE(nn.Module):
 # torch.fx (and torchvision's create_feature_extractor) records calls to these instead of tracing into them:
 # their checks look at real shapes, which symbolic tracing does not have.
 torch.fx.wrap("carafe")
-
-
-@torch.fx.wrap
-def _checked_input(x: Tensor, channels: int) -> Tensor:
-    """``x`` itself, once it is known to be (N, channels, H, W); it flows on so graph passes keep the check."""
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != channels:
-        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"CARAFE expects input of shape (N, {channels}, H, W), got {got}")
-    return x
+torch.fx.wrap("checked_input")

@@ -85,45 +85,90 @@ def carafe_yaml(model: str | Path, out_dir: str | Path | None = None) -> str:
     return convert_yaml(model, "carafe", out_dir)
 
 
+# What convert_yaml(..., downsample=True) writes for a neck's stride-s Conv row [c2, 3, s]: CARAFE++'s downsampler,
+# with the same output channels and stride and the paper's 5x5 reassembly window.
+DOWNSAMPLER = "CARAFEDown"
+DOWN_KERNEL_SIZE = 5
+# File suffixes of converted YAMLs besides the upsamplers' names: the downsampling swap alone, and with CARAFE.
+DOWN_SUFFIX, BOTH_SUFFIX = "carafe-down", "carafe-both"
+
+
 def convert_yaml(
-    model: str | Path, upsampler_name: str, out_dir: str | Path | None = None, options: dict | None = None
+    model: str | Path, upsampler_name: str | None, out_dir: str | Path | None = None, options: dict | None = None,
+    downsample: bool = False,
 ) -> str:
     """Write ``model`` with every upsampling row (``nn.Upsample``, ``CARAFE``, ``DySample``) written the way the
-    upsampler ``upsampler_name`` of :data:`carafe_ultra.upsamplers.UPSAMPLERS` writes it; return the file's path.
+    upsampler ``upsampler_name`` of :data:`carafe_ultra.upsamplers.UPSAMPLERS` writes it, and with ``downsample``
+    every stride-s ``Conv`` row of the head (the neck's bottom-up path, never the backbone) as a ``CARAFEDown`` row
+    of the same output channels and stride; return the file's path.
 
-    Each row keeps its scale and its input channels (taken from the layer feeding it), so every other layer keeps
-    its shape at every model scale. ``options`` sets keyword arguments of our modules in every row, e.g.
-    ``{"kernel_size": 3}`` (the file name does not show them). See :func:`carafe_yaml` for the other arguments.
+    Each upsampling row keeps its scale and its input channels (taken from the layer feeding it), so every other
+    layer keeps its shape at every model scale. ``options`` sets keyword arguments of our upsampling modules in every
+    row, e.g. ``{"kernel_size": 3}`` (the file name does not show them). ``upsampler_name=None`` leaves the upsampling
+    rows as they are. The file is named after the model and the swaps: ``-carafe`` (an upsampler's name),
+    ``-carafe-down`` (only the downsampling swap), ``-carafe-both`` (CARAFE and CARAFEDown) or e.g.
+    ``-dysample-carafe-down``. See :func:`carafe_yaml` for the other arguments.
     """
     import yaml  # here, not at the top: the GPU check runs on machines without PyYAML
 
-    entry = upsampler(upsampler_name)
+    if upsampler_name is None and not downsample:
+        raise ValueError("nothing to convert: name an upsampler, ask for the downsampling swap, or both")
+    entry = None if upsampler_name is None else upsampler(upsampler_name)
     source = find_model_yaml(model)
     text = source.read_text()
     cfg = yaml.safe_load(text)
     backbone = cfg.get("backbone") or []
     rows = backbone + (cfg.get("head") or [])
-    new_rows = {}
+    upsampling, downsampling = {}, {}
     for index, (origin, repeats, module, args) in enumerate(rows):
         scale = row_scale(module, args)
-        if scale is not None:
+        if entry is not None and scale is not None:
             args = entry.yaml_args(_input_channels(rows, index), scale, options)
-            new_rows[index] = [origin, repeats, entry.module, args]
-    if not new_rows:
+            upsampling[index] = [origin, repeats, entry.module, args]
+        stride = _neck_conv_stride(module, args) if index >= len(backbone) else None
+        if downsample and stride is not None:
+            downsampling[index] = [origin, repeats, DOWNSAMPLER, [args[0], DOWN_KERNEL_SIZE, stride]]
+    if entry is not None and not upsampling:
         modules = sorted({u.module for u in UPSAMPLERS.values() if u.scale_at is not None})
         raise ValueError(f"{model} ({source}) has no upsampling row ({', '.join(modules)}) to replace")
+    if downsample and not downsampling:
+        raise ValueError(f"{model} ({source}) has no stride-2 (or more) Conv row [c2, k, s] in its head to replace")
 
-    layers = ", ".join(map(str, new_rows))
-    kind = entry.module if entry.name == entry.module.lower() else f"{entry.module} ({entry.name})"
-    note = f"# carafe-ultra (convert_yaml): {source.name} with its upsampling rows (layers {layers}) as {kind} rows.\n"
-    if yaml_module_class(entry.module) in conv_like_modules():  # its rows state their channels
+    note = "# carafe-ultra (convert_yaml): " + source.name + " with "
+    swaps = []
+    if entry is not None:
+        kind = entry.module if entry.name == entry.module.lower() else f"{entry.module} ({entry.name})"
+        swaps.append(f"its upsampling rows (layers {', '.join(map(str, upsampling))}) as {kind} rows")
+    if downsampling:
+        swaps.append(f"its neck's strided Conv rows (layers {', '.join(map(str, downsampling))}) as {DOWNSAMPLER} rows "
+                     "(same output channels and stride)")
+    note += " and ".join(swaps) + ".\n"
+    if entry is not None and yaml_module_class(entry.module) in conv_like_modules():  # its rows state their channels
         note += ("# Each row's c2 repeats the nominal channels of the layer feeding it, so every channel count "
                  "stays as it was at every scale.\n")
-    stem = re.sub(rf"-({'|'.join(map(re.escape, UPSAMPLERS))})$", "", Path(model).stem)  # no "-carafe-nearest"
-    out = Path(out_dir if out_dir is not None else ".") / f"{stem}-{entry.name}.yaml"
+    suffixes = [*UPSAMPLERS, DOWN_SUFFIX, BOTH_SUFFIX]
+    stem = re.sub(rf"(-({'|'.join(map(re.escape, suffixes))}))+$", "", Path(model).stem)  # no "-carafe-nearest"
+    out = Path(out_dir if out_dir is not None else ".") / f"{stem}-{_suffix(upsampler_name, downsample)}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(note + _rewrite_rows(text, source, rows, len(backbone), new_rows))
+    out.write_text(note + _rewrite_rows(text, source, rows, len(backbone), upsampling | downsampling))
     return str(out)
+
+
+def _suffix(upsampler_name: str | None, downsample: bool) -> str:
+    if not downsample:
+        return upsampler_name
+    if upsampler_name == "carafe":
+        return BOTH_SUFFIX
+    return DOWN_SUFFIX if upsampler_name is None else f"{upsampler_name}-{DOWN_SUFFIX}"
+
+
+def _neck_conv_stride(module: str, args: list) -> int | None:
+    """The stride of a ``Conv`` row that downsamples, written [c2, k, s] with s >= 2, else None: a row with more
+    arguments (padding, groups, ...) is something else and stays."""
+    if module != "Conv" or not isinstance(args, list) or len(args) != 3:
+        return None
+    stride = args[2]
+    return stride if isinstance(stride, int) and not isinstance(stride, bool) and stride >= 2 else None
 
 
 def _input_channels(rows: list, index: int) -> int:

@@ -25,7 +25,7 @@ def main(yaml_path: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     model = DetectionModel(yaml_path, verbose=False).train()
-    carafes = sum(type(m).__name__ == "CARAFE" for m in model.modules())
+    carafes = sum(type(m).__name__ in ("CARAFE", "CARAFEDown") for m in model.modules())
     ddp = DistributedDataParallel(model, find_unused_parameters=False)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01)
     torch.manual_seed(rank)  # each rank sees its own data, as with a DistributedSampler

@@ -60,6 +60,21 @@ def yolo26(data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def yolo11_both(data, tmp_path_factory):
+    """YOLO11n with both swaps (CARAFE upsampling, CARAFEDown in the neck) trained and validated with the yolo
+    command; then a confident copy of it."""
+    project = tmp_path_factory.mktemp("yolo11-both")
+    yolo("train", project, model=model_yaml("yolo11n-carafe-both.yaml"), data=data, epochs=1, project=project,
+         name="run")
+    best = project / "run" / "weights" / "best.pt"
+    assert "all" in yolo("val", project, model=best, data=data, project=project, name="val")
+    checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+    confident(checkpoint["model"])
+    torch.save(checkpoint, project / "confident.pt")
+    return project / "confident.pt"
+
+
+@pytest.fixture(scope="module")
 def rtdetr(tmp_path_factory):
     """An RT-DETR-l-CARAFE checkpoint (untrained, confident), saved the way Ultralytics saves models."""
     folder = tmp_path_factory.mktemp("rtdetr")
@@ -72,7 +87,8 @@ def rtdetr(tmp_path_factory):
 def export(checkpoint: Path, fmt: str) -> str:
     """``yolo export`` of a checkpoint; the exported file or folder, as Ultralytics names it."""
     out = yolo("export", checkpoint.parent, model=checkpoint, format=fmt, batch=1)
-    suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage"}[fmt]
+    suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage",
+              "torchscript": ".torchscript"}[fmt]
     exported = checkpoint.with_name(checkpoint.stem + suffix)
     assert exported.exists(), out[-2000:]
     return str(exported) + ("/" if exported.is_dir() else "")
@@ -110,6 +126,24 @@ def test_yolo26_exports_predict_what_pytorch_predicts(fmt, yolo26, data):
         assert_same_detections(want_image, got_image)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
+                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
+                                 pytest.param("coreml", marks=needs("coremltools"))])
+def test_carafe_down_exports_predict_what_pytorch_predicts(fmt, yolo11_both, data):
+    exported = export(yolo11_both, fmt)
+    if fmt == "coreml":  # converts; running it needs macOS
+        assert (Path(exported) / "Manifest.json").is_file()
+        return
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    want, got = raw_outputs(str(yolo11_both), x), raw_outputs(exported, x)
+    assert want.shape == got.shape
+    assert np.abs(got[:, :4] - want[:, :4]).max() <= BOX_TOLERANCE
+    assert np.abs(got[:, 4:] - want[:, 4:]).max() <= SCORE_TOLERANCE
+    for want_image, got_image in zip(detections(yolo11_both, val_images(data)),
+                                     detections(exported, val_images(data)), strict=True):
+        assert_same_detections(want_image, got_image)
+
+
 @pytest.mark.parametrize("fmt", ["onnx", pytest.param("openvino", marks=needs("openvino"))])
 def test_rtdetr_exports_predict_the_same_set_of_detections(fmt, rtdetr, data):
     exported = export(rtdetr, fmt)
@@ -138,17 +172,17 @@ def test_safe_loading_validates_a_carafe_checkpoint(yolo26, data):
 SAFE_LOAD = ("import sys\n"
              "from ultralytics.nn.tasks import torch_safe_load\n"
              "checkpoint, _ = torch_safe_load(sys.argv[1], safe_only=True)\n"
-             "ours = {'BasicBlock', 'CARAFE', 'DySample', 'EUCB', 'ResNetBasicLayer'}\n"
+             "ours = {'BasicBlock', 'CARAFE', 'CARAFEDown', 'DySample', 'EUCB', 'ResNetBasicLayer'}\n"
              "print(sorted({type(m).__name__ for m in checkpoint['model'].modules()} & ours))\n")
 
 
-@pytest.mark.parametrize("model,upsampler,loaded", [
-    ("yolov8n.yaml", "carafe", "['CARAFE']"), ("yolov8n.yaml", "dysample", "['DySample']"),
-    ("yolov8n.yaml", "eucb", "['EUCB']"),
-    ("rtdetr-r18.yaml", "carafe", "['BasicBlock', 'CARAFE', 'ResNetBasicLayer']")])
-def test_safe_loading_in_a_fresh_process(model, upsampler, loaded, tmp_path):
+@pytest.mark.parametrize("model,upsampler,downsample,loaded", [
+    ("yolov8n.yaml", "carafe", False, "['CARAFE']"), ("yolov8n.yaml", "dysample", False, "['DySample']"),
+    ("yolov8n.yaml", "eucb", False, "['EUCB']"), ("yolo11n.yaml", "carafe", True, "['CARAFE', 'CARAFEDown']"),
+    ("rtdetr-r18.yaml", "carafe", False, "['BasicBlock', 'CARAFE', 'ResNetBasicLayer']")])
+def test_safe_loading_in_a_fresh_process(model, upsampler, downsample, loaded, tmp_path):
     path = tmp_path / f"{upsampler}.pt"
-    ultralytics_model(convert_yaml(model, upsampler, tmp_path)).save(path)
+    ultralytics_model(convert_yaml(model, upsampler, tmp_path, downsample=downsample)).save(path)
     run = subprocess.run([sys.executable, "-c", SAFE_LOAD, str(path)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip().endswith(loaded), run.stderr[-3000:]
     # Without the registration (which puts our classes on the allow-list), the same load is refused.
@@ -169,10 +203,11 @@ def test_carafe_exports_to_onnx_as_one_gather_and_one_matmul_per_layer(tmp_path)
         assert ops["Mul"] == ops["Resize"] == 0, ops  # no tap-by-tap multiply-adds, no upsampled copy
 
 
-def test_dynamic_onnx_export_agrees_with_pytorch_at_every_size(tmp_path):
+@pytest.mark.parametrize("downsample", [False, True], ids=["carafe", "carafe-both"])
+def test_dynamic_onnx_export_agrees_with_pytorch_at_every_size(downsample, tmp_path):
     import onnxruntime
 
-    model = ultralytics_model(convert_yaml("yolov8n.yaml", "carafe", tmp_path, {"groups": 2}))
+    model = ultralytics_model(convert_yaml("yolov8n.yaml", "carafe", tmp_path, {"groups": 2}, downsample=downsample))
     model.save(tmp_path / "carafe.pt")
     network = ultralytics_model(tmp_path / "carafe.pt").model.float().eval().fuse()
     path = ultralytics_model(tmp_path / "carafe.pt").export(format="onnx", imgsz=64, dynamic=True)

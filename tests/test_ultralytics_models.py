@@ -18,7 +18,7 @@ import carafe_ultra
 from carafe_ultra import CARAFE, DySample, carafe_yaml, model_yaml
 from carafe_ultra.integration import UnsupportedUltralyticsError, _parse_model_with_ours, ultralytics_model
 from tests.ultralytics_helpers import SHIPPED_FROM as SHIPPED
-from tests.ultralytics_helpers import STOCK_MODELS
+from tests.ultralytics_helpers import STOCK_MODELS, output_shapes
 
 
 def upsample_rows(path):
@@ -37,16 +37,6 @@ def test_the_stock_models_cover_every_task():
 
 def modules_of(model, kind):
     return sum(isinstance(m, kind) for m in model.modules())
-
-
-def output_shapes(output):
-    """The shapes of every tensor in a (nested) model output, in order."""
-    if isinstance(output, torch.Tensor):
-        return [tuple(output.shape)]
-    if output is None:
-        return []
-    items = output.values() if isinstance(output, dict) else output
-    return [shape for item in items for shape in output_shapes(item)]
 
 
 @pytest.mark.parametrize("stock", STOCK_WITH_UPSAMPLING, ids=lambda p: str(p.relative_to(STOCK_MODELS)))

@@ -10,7 +10,7 @@ import yaml
 
 from carafe_ultra import carafe_yaml, convert_yaml, model_dir, model_yaml
 from carafe_ultra.yamls import find_model_yaml
-from tests.ultralytics_helpers import SHIPPED_BASES, SHIPPED_FROM
+from tests.ultralytics_helpers import SHIPPED_BASES, SHIPPED_BOTH, SHIPPED_FROM
 from tests.ultralytics_helpers import STOCK_MODELS as STOCK
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped YAMLs' one source: the checkout's models/
@@ -22,10 +22,14 @@ def rows(path):
 
 
 def test_every_shipped_yaml_is_the_converters_output(tmp_path):
-    assert {p.name for p in (ROOT / "models").glob("*.yaml")} == set(SHIPPED_FROM) | SHIPPED_BASES
+    assert {p.name for p in (ROOT / "models").glob("*.yaml")} == set(SHIPPED_FROM) | set(SHIPPED_BOTH) | SHIPPED_BASES
     assert model_dir() == ROOT / "models"
     for name, stock in SHIPPED_FROM.items():
         written = carafe_yaml(stock.name, tmp_path)
+        assert Path(written).name == name
+        assert Path(written).read_text() == (ROOT / "models" / name).read_text(), name
+    for name, stock in SHIPPED_BOTH.items():
+        written = convert_yaml(stock.name, "carafe", tmp_path, downsample=True)
         assert Path(written).name == name
         assert Path(written).read_text() == (ROOT / "models" / name).read_text(), name
 
@@ -65,7 +69,7 @@ def test_a_model_without_upsampling_rows_is_an_error(tmp_path):
 
 def test_unknown_model_and_unknown_upsampler(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no model YAML 'yolo99n.yaml': not a file, not one carafe-ultra "
-                                                r"ships \(rtdetr-l-carafe.yaml"):
+                                                r"ships \(rtdetr-l-carafe-both.yaml, rtdetr-l-carafe.yaml"):
         carafe_yaml("yolo99n.yaml", tmp_path)
     with pytest.raises(ValueError, match="unknown upsampler 'pixelshuffle'; choose from nearest, bilinear"):
         convert_yaml("yolov8n.yaml", "pixelshuffle", tmp_path)
@@ -104,3 +108,38 @@ def test_options_set_our_modules_keyword_arguments(tmp_path):
         convert_yaml("yolov8n.yaml", "carafe", tmp_path, {"up_factor": 4})
     with pytest.raises(ValueError, match="nearest takes no options"):
         convert_yaml("yolov8n.yaml", "nearest", tmp_path, {"kernel_size": 3})
+
+
+def test_the_downsampling_swap_alone_and_with_an_upsampler(tmp_path):
+    stock = (STOCK / "11" / "yolo11.yaml").read_text().splitlines()
+    down = Path(convert_yaml("yolo11s.yaml", None, tmp_path, downsample=True))
+    assert down.name == "yolo11s-carafe-down.yaml"
+    lines = down.read_text().splitlines()
+    assert lines[0] == ("# carafe-ultra (convert_yaml): yolo11.yaml with its neck's strided Conv rows (layers 17, 20) "
+                        "as CARAFEDown rows (same output channels and stride).")
+    changed = [(a, b) for a, b in zip(lines[1:], stock, strict=True) if a != b]
+    assert changed == [("  - [-1, 1, CARAFEDown, [256, 5, 2]]", "  - [-1, 1, Conv, [256, 3, 2]]"),
+                       ("  - [-1, 1, CARAFEDown, [512, 5, 2]]", "  - [-1, 1, Conv, [512, 3, 2]]")]
+    both = rows(convert_yaml("rtdetr-l.yaml", "carafe", tmp_path, downsample=True))
+    assert [i for i, r in enumerate(both) if r[2] == "CARAFE"] == [13, 18]
+    assert [(i, r[3]) for i, r in enumerate(both) if r[2] == "CARAFEDown"] == [(22, [256, 5, 2]), (25, [256, 5, 2])]
+    assert all(r[2] != "CARAFEDown" for r in both[:12])  # never the backbone, whose strided Convs stay
+    assert Path(convert_yaml("yolov8n.yaml", "dysample", tmp_path, downsample=True)).name == \
+        "yolov8n-dysample-carafe-down.yaml"
+    # No upsampling rows: the downsampling swap alone still converts it.
+    assert Path(convert_yaml("yolov6n.yaml", None, tmp_path, downsample=True)).name == "yolov6n-carafe-down.yaml"
+
+
+def test_converting_our_converted_files_again_names_them_by_the_new_swaps(tmp_path):
+    both = convert_yaml("yolo11-carafe-both.yaml", "nearest", tmp_path)
+    assert Path(both).name == "yolo11-nearest.yaml"
+    assert [r[2] for r in rows(both)].count("CARAFEDown") == 2  # the downsampling rows stay as they were
+
+
+def test_downsampling_swap_errors(tmp_path):
+    with pytest.raises(ValueError, match="nothing to convert: name an upsampler, ask for the downsampling swap"):
+        convert_yaml("yolov8n.yaml", None, tmp_path)
+    (tmp_path / "plain.yaml").write_text("nc: 1\nbackbone:\n  - [-1, 1, Conv, [16, 3, 2]]\nhead:\n"
+                                         "  - [-1, 1, nn.Upsample, [None, 2, nearest]]\n  - [-1, 1, Conv, [16, 3, 1]]\n")
+    with pytest.raises(ValueError, match=r"has no stride-2 \(or more\) Conv row \[c2, k, s\] in its head"):
+        convert_yaml(tmp_path / "plain.yaml", "carafe", tmp_path / "out", downsample=True)

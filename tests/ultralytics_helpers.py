@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import ultralytics
 
 from carafe_ultra.experiments.data import ShapesSpec, shapes_dataset
@@ -34,6 +35,11 @@ SHIPPED_FROM = {
     "yolo26-carafe.yaml": STOCK_MODELS / "26" / "yolo26.yaml",
     "rtdetr-r18-carafe.yaml": MODELS / "rtdetr-r18.yaml",
 }
+# Shipped YAMLs with both swaps (CARAFE upsampling and CARAFEDown in the neck), by the stock file they convert.
+SHIPPED_BOTH = {
+    "rtdetr-l-carafe-both.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-l.yaml",
+    "yolo11-carafe-both.yaml": STOCK_MODELS / "11" / "yolo11.yaml",
+}
 
 
 YOLO_CLI = str(Path(sys.executable).with_name("yolo"))
@@ -49,3 +55,13 @@ def yolo(mode: str, cwd: Path, env: dict | None = None, **kwargs) -> str:
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return run.stdout + run.stderr
+
+
+def output_shapes(output):
+    """The shapes of every tensor in a (nested) model output, in order."""
+    if isinstance(output, torch.Tensor):
+        return [tuple(output.shape)]
+    if output is None:
+        return []
+    items = output.values() if isinstance(output, dict) else output
+    return [shape for item in items for shape in output_shapes(item)]

@@ -2,8 +2,9 @@
 :func:`carafe_downsample_traceable`) for tracing and exports.
 
 Output pixel (oh, ow) reassembles the k×k window around input pixel (s·oh, s·ow). Tap (i, j) of every output pixel
-reads the zero-padded input at rows i, i+s, i+2s, ... and columns j, j+s, ...: one strided view of it. So the op is
-k² multiply-adds of output-sized tensors (1/s² of the input), never the k²-times unfold. Channels are processed in
+reads the zero-padded input at rows i, i+s, i+2s, ... and columns j, j+s, ...: one strided view of it (the export
+form reads the same values from the input's s×s phases instead). So the op is k² multiply-adds of output-sized
+tensors (1/s² of the input), never the k²-times unfold. Channels are processed in
 chunks whose accumulator stays near cache size; float16/bfloat16 accumulate in float32; the backward pass is written
 out, and autograd runs through it for the second order. Mixed input dtypes are computed in the wider one and returned
 in the features' dtype.
@@ -32,18 +33,33 @@ def carafe_downsample_torch(features: Tensor, masks: Tensor, kernel_size: int, g
 
 def carafe_downsample_traceable(features: Tensor, masks: Tensor, kernel_size: int, group_size: int,
                                 scale_factor: int) -> Tensor:
-    """CARAFE++ downsampling for tracers and exporters: pad, reshape, strided slices, mul and add, tensors of rank
-    <= 5. Each of the k² taps is one strided view of the zero-padded input times that tap's masks; autograd, if any,
-    runs through the ops."""
+    """CARAFE++ downsampling for tracers and exporters, in pad, reshape, contiguous slices, mul and add, tensors of
+    rank <= 5 with the batch first (no strided slice: NCNN's converter gets those wrong).
+
+    The zero-padded input is split into its s×s phases (rows ≡ p, columns ≡ q modulo s) by reshapes and size-1
+    slices. Tap (i, j) of every output pixel then reads phase (i mod s, j mod s) at a contiguous window offset by
+    (i // s, j // s), times that tap's masks: k² multiply-adds of output-sized tensors, never the k²-times unfold.
+    Autograd, if any, runs through the ops."""
     wide_features, wide_masks = promoted(features, masks)
     n, channels, height, width = features.shape
     k, s, g = kernel_size, scale_factor, group_size
+    r = (k - 1) // 2
     out_h, out_w = downsampled_size(height, width, s)
-    padded = _padded(wide_features, k).reshape(n, g, channels // g, height + k - 1, width + k - 1)
+    # Phase rows (cols) 0 .. out + ceil((k-1)/s) - 1 cover every tap of every output pixel.
+    phase_h, phase_w = out_h + -(-(k - 1) // s), out_w + -(-(k - 1) // s)
+    padded = F.pad(wide_features, (r, s * phase_w - width - r, r, s * phase_h - height - r))
+    rows = padded.reshape(n, channels * phase_h, s, s * phase_w)
+    phases = {}
+    for p in range(s):
+        row_phase = rows[:, :, p].reshape(n, channels * phase_h, phase_w, s)
+        for q in range(s):
+            phases[p, q] = row_phase[..., q].reshape(n, g, channels // g, phase_h, phase_w)
     taps = wide_masks.reshape(n, g, k * k, out_h, out_w).split(1, dim=2)
     out = None
     for tap, weight in enumerate(taps):
-        term = padded[(..., *_tap_window(tap, k, s, out_h, out_w))] * weight
+        i, j = divmod(tap, k)
+        window = phases[i % s, j % s][..., i // s : i // s + out_h, j // s : j // s + out_w]
+        term = window * weight
         out = term if out is None else out + term
     return out.reshape(n, channels, out_h, out_w).to(features.dtype)
 
