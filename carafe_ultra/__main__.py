@@ -7,7 +7,7 @@
     python -m carafe_ultra ablate [...]            train with each upsampler and compare (scripts/ablate.py)
     python -m carafe_ultra benchmark [...]         side-by-side speed and memory (scripts/benchmark.py)
     python -m carafe_ultra gpu-check [--dry-run]   every GPU check in one run, one report (make gpu-check)
-    python -m carafe_ultra show CHECKPOINT IMAGE   what the CARAFE and DySample layers learned, drawn on an image
+    python -m carafe_ultra show CHECKPOINT IMAGE   what the CARAFE(Down) and DySample layers learned, on an image
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     for name, tool, summary in (("ablate", ablation, "train with each upsampler and compare them"),
                                 ("benchmark", benchmark, "side-by-side speed and memory measurements"),
                                 ("gpu-check", gpu_check, "every check that needs a GPU, in one run and one report"),
-                                ("show", show, "draw what a model's CARAFE and DySample layers learned, on an image")):
+                                ("show", show, "draw what a model's CARAFE, CARAFEDown and DySample layers learned, on an image")):
         command = commands.add_parser(name, help=summary, description=tool.__doc__,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
         tool.add_arguments(command)

@@ -10,7 +10,7 @@ import torch
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel
 
-from carafe_ultra import CARAFE, EUCB, DySample, convert_yaml, model_yaml
+from carafe_ultra import CARAFE, EUCB, CARAFEDown, DySample, convert_yaml, model_yaml
 from carafe_ultra.experiments import ablation
 from carafe_ultra.experiments.ablation import (
     Settings,
@@ -61,7 +61,8 @@ def tiny(tmp_path, data, **overrides):
 
 
 def test_tiny_ablation_end_to_end_and_resume(tmp_path, capsys, data):
-    settings = tiny(tmp_path, data, arms=[*UPSAMPLERS, "carafe:kernel_size=3,compressed_channels=16"])
+    settings = tiny(tmp_path, data, arms=[*UPSAMPLERS, "carafe:kernel_size=3,compressed_channels=16", "carafe-down",
+                                          "carafe-both"])
     summary = run_ablation(settings)
     arms = {a["upsampler"]: a for a in summary["arms"]}
     assert list(arms) == settings.arms
@@ -74,11 +75,15 @@ def test_tiny_ablation_end_to_end_and_resume(tmp_path, capsys, data):
     out = tmp_path / "out"
     small = ultralytics_model(out / "runs" / "carafe-kernel_size-3-compressed_channels-16-seed0" / "weights" / "best.pt")
     assert {(m.kernel_size, m.compressor.out_channels) for m in small.model.modules() if isinstance(m, CARAFE)} == {(3, 16)}
+    for arm, modules in (("carafe-down", (torch.nn.Upsample, CARAFEDown)), ("carafe-both", (CARAFE, CARAFEDown))):
+        trained = ultralytics_model(out / "runs" / f"{arm}-seed0" / "weights" / "best.pt").model
+        assert [sum(isinstance(m, kind) for m in trained.model) for kind in modules] == [2, 2], arm
     assert json.loads((out / "summary.json").read_text())["settings"]["epochs"] == 1
     assert "| nearest |" in (out / "summary.md").read_text()
     assert (out / "summary.png").stat().st_size > 10_000
-    # What each CARAFE arm learned, drawn beside the summary (not for the other arms).
-    assert sorted(p.name for p in out.glob("show-*.png")) == ["show-carafe-kernel_size-3-compressed_channels-16.png",
+    # What each CARAFE or CARAFEDown arm learned, drawn beside the summary (not for the other arms).
+    assert sorted(p.name for p in out.glob("show-*.png")) == ["show-carafe-both.png", "show-carafe-down.png",
+                                                              "show-carafe-kernel_size-3-compressed_channels-16.png",
                                                               "show-carafe.png"]
     capsys.readouterr()
     again = run_ablation(settings)  # everything finished: nothing is trained again
@@ -179,26 +184,30 @@ def test_pretrained_base_is_trained_once_and_cached(tmp_path, data, monkeypatch)
     assert pretrained_base(settings, messages.append) == str(base) and messages == [f"base model: reusing {base}"]
 
 
-def test_mask_learning_rate_scale(tmp_path, data):
+@pytest.mark.parametrize("downsample,predictors", [(False, 2), (True, 4)], ids=["carafe", "carafe-both"])
+def test_mask_learning_rate_scale(downsample, predictors, tmp_path, data):
     settings = tiny(tmp_path, data, mask_lr_scale=4.0)
-    model = ultralytics_model(convert_yaml(settings.model, "carafe", tmp_path))
+    model = ultralytics_model(convert_yaml(settings.model, "carafe", tmp_path, downsample=downsample))
     groups = []
     model.add_callback("on_train_start", lambda t: groups.extend(
         (len(g["params"]), g["initial_lr"], {id(p) for p in g["params"]}) for g in t.optimizer.param_groups))
     trainer = _with_mask_lr_scale(model.task_map[model.task]["trainer"], 4.0)
     model.train(**recipe(settings, 0), data=data, trainer=trainer, project=str(tmp_path), name="lr")
-    carafes = [m for m in model.trainer.model.modules() if isinstance(m, CARAFE)]
+    carafes = [m for m in model.trainer.model.modules() if isinstance(m, (CARAFE, CARAFEDown))]
     masks = {id(p) for m in carafes for p in (*m.compressor.parameters(), *m.encoder.parameters())}
     mask_groups = [g for g in groups if g[2] and g[2] <= masks]
     other_lrs = {g[1] for g in groups if g[2] and not g[2] & masks}
-    assert sum(g[0] for g in mask_groups) == len(masks) == 8  # weights and biases of 2 compressors, 2 encoders
+    assert sum(g[0] for g in mask_groups) == len(masks) == 4 * predictors  # weights and biases of compressors, encoders
     assert {g[1] for g in mask_groups} <= {lr * 4.0 for lr in other_lrs}
 
 
 @pytest.mark.parametrize(
     "overrides,error,pattern",
     [
-        ({"arms": ["nearest", "pixelshuffle"]}, ValueError, "unknown upsampler 'pixelshuffle'; choose from nearest"),
+        ({"arms": ["nearest", "pixelshuffle"]}, ValueError, "unknown arm 'pixelshuffle'; choose from nearest, "
+                                                            "bilinear, convtranspose, carafe, dysample, eucb, "
+                                                            "carafe-down, carafe-both"),
+        ({"arms": ["carafe-down:kernel_size=3"]}, ValueError, "nearest takes no options"),
         ({"arms": ["carafe:k=3"]}, ValueError, "carafe options must be among kernel_size, encoder_kernel"),
         ({"arms": ["carafe:kernel_size"]}, ValueError, "options are key=value pairs"),
         ({"arms": ["carafe:kernel_size=three"]}, ValueError, "'three' is not a literal"),

@@ -15,7 +15,7 @@ from ultralytics.utils.torch_utils import get_num_params
 from carafe_ultra import CARAFE, CARAFEDown, convert_yaml, model_yaml
 from carafe_ultra.experiments.export_parity import match_detections
 from carafe_ultra.integration import ultralytics_model
-from tests.ultralytics_helpers import COMMON, SHIPPED_BOTH, STOCK_MODELS, output_shapes, tiny_dataset, yolo
+from tests.ultralytics_helpers import COMMON, SHIPPED_BOTH, STOCK_MODELS, output_shapes, tiny_dataset
 
 
 def strided_neck_convs(path):

@@ -1,5 +1,5 @@
 """``python -m carafe_ultra show``: the panels, the kernels it draws are the layer's own masks, the letterbox
-mapping of points, YOLO and RT-DETR checkpoints with CARAFE or DySample layers, and every bad input."""
+mapping of points, YOLO and RT-DETR checkpoints with CARAFE, CARAFEDown or DySample layers, and every bad input."""
 
 import re
 import subprocess
@@ -34,14 +34,16 @@ def image(data):
 
 @pytest.fixture(scope="module")
 def checkpoints(data, tmp_path_factory):
-    """A YOLOv8n-CARAFE trained for an epoch, an untrained RT-DETR-l-CARAFE and an untrained YOLOv8n-DySample."""
+    """A YOLOv8n-CARAFE trained for an epoch; untrained RT-DETR-l-CARAFE, YOLOv8n-DySample and YOLOv8n with CARAFE
+    (2 groups) and CARAFEDown."""
     folder = tmp_path_factory.mktemp("checkpoints")
     trained = YOLO(model_yaml("yolov8n-carafe.yaml"))
     trained.train(data=data, epochs=1, imgsz=IMGSZ, batch=4, workers=0, device="cpu", plots=False,
                   project=str(folder), name="yolo", exist_ok=True)
     paths = {"yolo": folder / "yolo" / "weights" / "best.pt"}
     for name, yaml in (("rtdetr", model_yaml("rtdetr-l-carafe.yaml")),
-                       ("dysample", convert_yaml("yolov8n.yaml", "dysample", folder))):
+                       ("dysample", convert_yaml("yolov8n.yaml", "dysample", folder)),
+                       ("both", convert_yaml("yolov8n.yaml", "carafe", folder, {"groups": 2}, downsample=True))):
         paths[name] = folder / f"{name}.pt"
         ultralytics_model(yaml).save(paths[name])
     return paths
@@ -111,6 +113,38 @@ def test_a_point_lands_in_its_feature_cell_at_every_stride(checkpoints, tmp_path
     assert to_letterboxed([(0, 0)], letterbox(picture, IMGSZ)[1]) == [(0.0, (IMGSZ - round(45 * 0.64)) // 2)]
 
 
+def test_carafe_down_layers_show_their_kernels_beside_strided_sampling(checkpoints, image, tmp_path):
+    figure, inspection = show(checkpoints["both"], image, imgsz=IMGSZ, out=tmp_path / "both.png")
+    assert [(v.index, v.kind) for v in inspection.layers] == [(10, "CARAFE"), (13, "CARAFE"), (16, "CARAFEDown"),
+                                                               (19, "CARAFEDown")]
+    text = "\n".join(titles(figure))
+    for layer in (16, 19):
+        assert f"layer {layer} CARAFEDown, point 1\ncentre w " in text
+        assert f"layer {layer}: CARAFEDown reassembly" in text and f"layer {layer}: strided sampling of the same" in text
+    network = ultralytics_model(checkpoints["both"]).model.float().eval()
+    boxed, _ = letterbox(cv2.imread(str(image)), IMGSZ)
+    x = torch.from_numpy(boxed[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    inputs = {}
+    for index in (16, 19):
+        network.model[index].register_forward_hook(lambda m, a, o, index=index: inputs.__setitem__(index, a[0]))
+    with torch.no_grad():
+        network(x)
+    for view in inspection.layers[2:]:
+        layer = network.model[view.index]
+        assert view.stride_out == 2 * view.stride_in  # a downsampler
+        with torch.no_grad():  # the masks the layer computed, by the formula: softmax over each group's taps
+            logits = layer.encoder(layer.compressor(inputs[view.index]))[0]
+        masks = logits.view(1, 25, *logits.shape[1:]).softmax(1).flatten(0, 1).numpy()
+        np.testing.assert_allclose(view.masks, masks, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(view.centre_weight, masks[None, 12], rtol=1e-5, atol=1e-7)
+        assert view.upsampled.shape == view.nearest.shape == (*masks.shape[1:], 3)
+        for (row, column), inside in zip(view.cells, view.inside):
+            # Rows 2·row - 2 .. 2·row + 2 of the input: those off the map are outside.
+            height = inputs[view.index].shape[2]
+            expected_rows = [0 <= 2 * row + i - 2 < height for i in range(5)]
+            assert inside.any(1).tolist() == expected_rows
+
+
 def test_dysample_layers_show_their_sampling_offsets(checkpoints, image, tmp_path):
     figure, inspection = show(checkpoints["dysample"], image, imgsz=IMGSZ, points=[(10, 10)],
                               out=tmp_path / "dysample.png")
@@ -165,11 +199,12 @@ def stock(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case,message", [
-    ("stock", r"yolov8n.pt has no CARAFE or DySample layer to show"),
-    ("layer", r"layer\(s\) \[3\] of .*best.pt are not CARAFE or DySample layers; those are 10 \(CARAFE\), 13 \(CARAFE\)"),
+    ("stock", r"yolov8n.pt has no CARAFE, CARAFEDown or DySample layer to show"),
+    ("layer", r"layer\(s\) \[3\] of .*best.pt are not CARAFE, CARAFEDown or DySample layers; those are 10 \(CARAFE\), 13 \(CARAFE\)"),
     ("point", r"point\(s\) \[\(70.0, 5.0\)\] lie outside the image \(64 x 64 pixels; x in \[0, 64\), y in \[0, 64\)\)"),
     ("image", r"cannot read an image from .*not-an-image.png \(expected a file OpenCV reads"),
-    ("checkpoint", r"no checkpoint .*missing.pt \(expected an Ultralytics .pt with CARAFE or DySample layers\)"),
+    ("checkpoint", r"no checkpoint .*missing.pt \(expected an Ultralytics .pt with CARAFE, CARAFEDown or DySample "
+                      r"layers\)"),
     ("imgsz", r"--imgsz must be a positive multiple of 32, got 50"),
     ("syntax", r"argument --points: a point is x,y in the image's pixels, e.g. 120,80; got '7'"),
 ])

@@ -31,6 +31,7 @@ import torch
 
 from .._checks import is_number
 from ..integration import ultralytics_model
+from ..downsample import CARAFEDown
 from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
 from ..yamls import convert_yaml
@@ -103,16 +104,23 @@ class Settings:
             grid.device_slots(self.device, self.jobs, self.gpus_per_run)  # the GPUs must go round, before training
 
 
+# Arms with CARAFE++'s downsampling swap (the neck's strided Convs as CARAFEDown), by name: the upsampler they keep.
+DOWNSAMPLING_ARMS = {"carafe-down": "nearest", "carafe-both": "carafe"}
+
+
 @dataclass(frozen=True)
 class Arm:
-    """One arm: an upsampler of the table, with options for our module's keyword arguments.
+    """One arm: an upsampler of the table, with options for our module's keyword arguments, and with ``downsample``
+    the neck's strided Conv rows as CARAFEDown rows.
 
-    Written ``carafe`` or ``carafe:kernel_size=3,compressed_channels=16`` on the command line.
+    Written ``carafe`` or ``carafe:kernel_size=3,compressed_channels=16`` on the command line; ``carafe-down``
+    (nearest upsampling, CARAFEDown) and ``carafe-both`` (CARAFE and CARAFEDown) name the downsampling arms.
     """
 
     spec: str
     upsampler: Upsampler
     options: dict
+    downsample: bool = False
 
     @property
     def folder(self) -> str:
@@ -123,7 +131,11 @@ class Arm:
 def parse_arm(spec: str) -> Arm:
     """The arm a spec names; raises ``ValueError`` naming what is wrong with it."""
     name, _, listed = spec.partition(":")
-    entry = upsampler(name.strip())
+    name = name.strip()
+    if name not in UPSAMPLERS and name not in DOWNSAMPLING_ARMS:
+        raise ValueError(f"unknown arm {name!r}; choose from {', '.join([*UPSAMPLERS, *DOWNSAMPLING_ARMS])}")
+    downsample = name in DOWNSAMPLING_ARMS
+    entry = upsampler(DOWNSAMPLING_ARMS.get(name, name))
     options = {}
     for item in filter(None, (part.strip() for part in listed.split(","))):
         key, equals, value = (part.strip() for part in item.partition("="))
@@ -134,7 +146,7 @@ def parse_arm(spec: str) -> Arm:
         except (ValueError, SyntaxError):
             raise ValueError(f"arm {spec!r}: {value!r} is not a literal (a number, True, False or None)") from None
     entry.yaml_args(64, 2, options)  # unknown option names fail here
-    return Arm(spec, entry, options)
+    return Arm(spec, entry, options, downsample)
 
 
 def default_data(imgsz: int, seed: int = 0) -> str:
@@ -228,7 +240,8 @@ def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | N
     ``result.json``."""
     run_dir = _run_dir(settings, arm, seed)
     out = run_dir.parents[1]
-    model = ultralytics_model(convert_yaml(settings.model, arm.upsampler.name, out / "yamls" / arm.folder, arm.options))
+    model = ultralytics_model(convert_yaml(settings.model, arm.upsampler.name, out / "yamls" / arm.folder, arm.options,
+                                           downsample=arm.downsample))
     taken: list[int] = []
     if weights:
         model.add_callback("on_pretrain_routine_end", lambda trainer: taken.extend(_weights_taken(trainer, weights)))
@@ -315,7 +328,7 @@ def _with_mask_lr_scale(base: type, factor: float) -> type:
     class MaskLearningRateTrainer(base):
         def build_optimizer(self, model, *args, **kwargs):
             optimizer = super().build_optimizer(model, *args, **kwargs)
-            mask_params = {id(p) for m in model.modules() if isinstance(m, CARAFE)
+            mask_params = {id(p) for m in model.modules() if isinstance(m, (CARAFE, CARAFEDown))
                            for p in (*m.compressor.parameters(), *m.encoder.parameters())}
             for group in list(optimizer.param_groups):
                 moved = [p for p in group["params"] if id(p) in mask_params]
@@ -501,7 +514,7 @@ def write_report(settings: Settings, log: Callable[[str], None] = print) -> dict
 
 
 def _show_carafe_arms(settings: Settings, arms: list[Arm], seeds: dict[str, int], log: Callable[[str], None]) -> None:
-    """``show-<arm>.png`` beside summary.png for each CARAFE arm: what its first seed's model learned, drawn on the
+    """``show-<arm>.png`` beside summary.png for each CARAFE or CARAFEDown arm: what its first seed's model learned, drawn on the
     first validation image."""
     import matplotlib.pyplot as plt
 
@@ -512,7 +525,7 @@ def _show_carafe_arms(settings: Settings, arms: list[Arm], seeds: dict[str, int]
         log("no validation image found to draw the CARAFE arms' kernels on")
         return
     for arm in arms:
-        if arm.upsampler.module_class is CARAFE:
+        if arm.upsampler.module_class is CARAFE or arm.downsample:
             figure, _ = show(_run_dir(settings, arm, seeds[arm.spec]) / "weights" / "best.pt", image,
                              imgsz=settings.imgsz, out=Path(settings.out) / f"show-{arm.folder}.png")
             plt.close(figure)
@@ -576,7 +589,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="each seed pairs the arms (same data order and augmentation)")
     parser.add_argument("--arms", nargs="+", default=defaults.arms, metavar="ARM",
                         help=f"upsamplers: {', '.join(UPSAMPLERS)}; options after a colon, e.g. "
-                             "carafe:kernel_size=3,compressed_channels=16")
+                             "carafe:kernel_size=3,compressed_channels=16; carafe-down (the neck's strided Convs as "
+                             "CARAFE++ downsamplers, nearest upsampling) and carafe-both (CARAFE and CARAFEDown)")
     parser.add_argument("--out", default=defaults.out, help="output folder (re-runs resume there)")
 
 

@@ -1,10 +1,12 @@
-"""What a trained content-aware upsampler learned, drawn on the user's own image (``python -m carafe_ultra show``).
+"""What a trained content-aware upsampler (or CARAFE++ downsampler) learned, drawn on the user's own image
+(``python -m carafe_ultra show``).
 
-For an Ultralytics checkpoint with CARAFE or DySample layers and an image: the image as the model sees it
+For an Ultralytics checkpoint with CARAFE, CARAFEDown or DySample layers and an image: the image as the model sees it
 (Ultralytics' letterbox) with chosen points; for every CARAFE layer, the reassembly kernel each point's output pixel
 was given (each group's k x k weights over its source window, with the centre tap's weight: 1 would be nearest
 upsampling), the upsampled features beside what nearest upsampling makes of the same input (one three-component
-PCA shared by both), and how the centre weight is spread over the map; for every DySample layer, where its output
+PCA shared by both), and how the centre weight is spread over the map; the same for every CARAFEDown layer, with its
+reassembly beside strided sampling of its input (centre weight 1); for every DySample layer, where its output
 pixels sample the input (arrows from each output pixel to its sampling point) and how far. :func:`inspect_image`
 returns the arrays, :func:`draw` the figure, :func:`show` both.
 """
@@ -20,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..downsample import CARAFEDown
 from ..dysample import DySample
+from ..functional import carafe_downsample
 from ..integration import ultralytics_model
 from ..module import CARAFE
 
@@ -33,11 +37,12 @@ class UsageError(ValueError):
 
 @dataclass
 class LayerView:
-    """One upsampling layer on one image. Arrays are float32 NumPy, batch dimension dropped.
+    """One upsampling (or CARAFE++ downsampling) layer on one image. Arrays are float32 NumPy, batch dimension
+    dropped. "CARAFE" below holds for CARAFEDown too, with its output size (H/s, W/s) for (H*s, W*s).
 
     Attributes:
         index: the layer's index in the model (its YAML row).
-        kind: "CARAFE" or "DySample".
+        kind: "CARAFE", "CARAFEDown" or "DySample".
         stride_in, stride_out: pixels of the letterboxed image per input and per output pixel of the layer.
         cells: for each point, its output pixel (row, column).
         masks: CARAFE: the masks the layer computed (G*k*k, H*s, W*s); DySample: None.
@@ -45,7 +50,8 @@ class LayerView:
         inside: CARAFE: for each point, which taps of its window lie on the map (k, k) (the others count as zero).
         centre_weight: CARAFE: the centre tap's weight at every output pixel (G, H*s, W*s).
         upsampled, nearest: CARAFE: the layer's output and nearest upsampling of the same (projected) input, as RGB
-            images of one shared three-component PCA (H*s, W*s, 3) in [0, 1].
+            images of one shared three-component PCA (H*s, W*s, 3) in [0, 1]; CARAFEDown: its reassembly (before its
+            1x1 Conv) and strided sampling of the same input.
         offsets: DySample: each output pixel's sampling point minus its own position, in input pixels
             (G, 2 (x, y), H*s, W*s).
     """
@@ -75,9 +81,13 @@ class Inspection:
     checkpoint: str = ""
 
 
-def upsampling_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
-    """The CARAFE and DySample layers of an Ultralytics network, by their index."""
-    return {i: m for i, m in enumerate(model.model) if isinstance(m, (CARAFE, DySample))}
+SHOWN = (CARAFE, CARAFEDown, DySample)  # the layers the command draws
+COMPARED = {"CARAFE": "nearest of the same", "CARAFEDown": "strided sampling of the same"}  # the reassembly's foil
+
+
+def shown_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
+    """The CARAFE, CARAFEDown and DySample layers of an Ultralytics network, by their index."""
+    return {i: m for i, m in enumerate(model.model) if isinstance(m, SHOWN)}
 
 
 def letterbox(image_bgr: np.ndarray, imgsz: int) -> tuple[np.ndarray, dict]:
@@ -134,33 +144,53 @@ def _cell(point: tuple[float, float], stride: float, height: int, width: int) ->
     return min(max(int(y // stride), 0), height - 1), min(max(int(x // stride), 0), width - 1)
 
 
-def _carafe_view(index: int, layer: CARAFE, x: Tensor, stride_in: float, stride_out: float,
-                 points: list[tuple[float, float]]) -> LayerView:
-    masks = layer.masks(x)[0]  # exactly what the layer's forward computed from this input
-    k, s, groups = layer.kernel_size, layer.up_factor, layer.groups
+def _carafe_view(index: int, layer: CARAFE, x: Tensor, stride_in: float, points: list[tuple[float, float]]) -> LayerView:
     features = x if layer.projection is None else layer.projection(x)
-    upsampled = layer(x)[0]
-    nearest = F.interpolate(features, scale_factor=s, mode="nearest")[0]
+    s = layer.up_factor
+    # Output pixel (oy, ox) reassembles the window around source pixel (oy // s, ox // s).
+    return _reassembly_view(index, "CARAFE", layer.masks(x)[0], layer.kernel_size, layer.groups, lambda y, x: (y // s, x // s),
+                            features.shape[2:], layer(x)[0], F.interpolate(features, scale_factor=s, mode="nearest")[0],
+                            stride_in, stride_in / s, points)
+
+
+def _carafe_down_view(index: int, layer: CARAFEDown, x: Tensor, stride_in: float,
+                      points: list[tuple[float, float]]) -> LayerView:
+    s, k, groups = layer.scale_factor, layer.kernel_size, layer.group_size
+    masks = layer.masks(x)[0]
+    reassembled = carafe_downsample(x, masks[None], k, groups, s)[0]  # before the layer's 1x1 Conv
+    # Output pixel (oy, ox) reassembles the window around input pixel (s·oy, s·ox).
+    return _reassembly_view(index, "CARAFEDown", masks, k, groups, lambda y, x: (s * y, s * x), x.shape[2:],
+                            reassembled, x[0, :, ::s, ::s], stride_in, stride_in * s, points)
+
+
+def _reassembly_view(index: int, kind: str, masks: Tensor, k: int, groups: int, source_of, source_size, output: Tensor,
+                     compared: Tensor, stride_in: float, stride_out: float,
+                     points: list[tuple[float, float]]) -> LayerView:
+    """What a CARAFE or CARAFEDown layer did: ``masks`` (G*k*k, H', W') exactly as its forward computed them, each
+    point's kernels, which taps lie on the ``source_size`` map around ``source_of(output row, column)``, the centre
+    weight over the map, and its ``output`` beside the ``compared`` map in one PCA."""
     height, width = masks.shape[1:]
-    view = LayerView(index, "CARAFE", stride_in, stride_out, [_cell(p, stride_out, height, width) for p in points])
+    view = LayerView(index, kind, stride_in, stride_out, [_cell(p, stride_out, height, width) for p in points])
     by_group = masks.view(groups, k * k, height, width)
     view.masks = masks.float().numpy()
     view.centre_weight = by_group[:, k * k // 2].float().numpy()
     r = (k - 1) // 2
     for oy, ox in view.cells:
         view.kernels.append(by_group[:, :, oy, ox].reshape(groups, k, k).float().numpy())
-        rows = np.arange(k) + oy // s - r
-        cols = np.arange(k) + ox // s - r
-        view.inside.append(((rows >= 0) & (rows < height // s))[:, None] & ((cols >= 0) & (cols < width // s))[None])
-    view.upsampled, view.nearest = shared_pca(upsampled.float(), nearest.float())
+        centre_y, centre_x = source_of(oy, ox)
+        rows, cols = np.arange(k) + centre_y - r, np.arange(k) + centre_x - r
+        view.inside.append(((rows >= 0) & (rows < source_size[0]))[:, None]
+                           & ((cols >= 0) & (cols < source_size[1]))[None])
+    view.upsampled, view.nearest = shared_pca(output.float(), compared.float())
     return view
 
 
-def _dysample_view(index: int, layer: DySample, x: Tensor, stride_in: float, stride_out: float,
+def _dysample_view(index: int, layer: DySample, x: Tensor, stride_in: float,
                    points: list[tuple[float, float]]) -> LayerView:
     offsets = F.pixel_shuffle(layer.offset(x) * layer.scope + layer.start, layer.scale)[0]  # (2*G, sH, sW)
     groups, s = layer.groups, layer.scale
     height, width = offsets.shape[1:]
+    stride_out = stride_in / s
     view = LayerView(index, "DySample", stride_in, stride_out, [_cell(p, stride_out, height, width) for p in points])
     # The sampling point of output pixel (oy, ox) is (ox // s + dx + 0.5, oy // s + dy + 0.5) input pixels; its own
     # position (ox + 0.5) / s: the difference, in input pixels.
@@ -175,7 +205,7 @@ def _dysample_view(index: int, layer: DySample, x: Tensor, stride_in: float, str
 def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers: list[int] | None = None,
                   points: list[tuple[float, float]] | None = None, imgsz: int = 640) -> Inspection:
     """Run the checkpoint's network on ``image`` (a path, or a BGR array as OpenCV reads it) and collect what its
-    CARAFE and DySample layers (``layers``, default all) did at ``points`` (original pixels; default
+    CARAFE, CARAFEDown and DySample layers (``layers``, default all) did at ``points`` (original pixels; default
     :func:`default_points` of its detections). Raises :class:`UsageError` for input it cannot use."""
     import cv2
 
@@ -185,16 +215,17 @@ def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers
     if picture is None or picture.ndim != 3:
         raise UsageError(f"cannot read an image from {image} (expected a file OpenCV reads: PNG, JPEG, ...)")
     if not Path(checkpoint).is_file():
-        raise UsageError(f"no checkpoint {checkpoint} (expected an Ultralytics .pt with CARAFE or DySample layers)")
+        raise UsageError(f"no checkpoint {checkpoint} (expected an Ultralytics .pt with CARAFE, CARAFEDown or DySample "
+                         "layers)")
     model = ultralytics_model(checkpoint)
     network = model.model.float().eval()
-    available = upsampling_layers(network)
+    available = shown_layers(network)
     if not available:
-        raise UsageError(f"{checkpoint} has no CARAFE or DySample layer to show")
+        raise UsageError(f"{checkpoint} has no CARAFE, CARAFEDown or DySample layer to show")
     chosen = layers if layers else list(available)
     wrong = [i for i in chosen if i not in available]
     if wrong:
-        raise UsageError(f"layer(s) {wrong} of {checkpoint} are not CARAFE or DySample layers; those are "
+        raise UsageError(f"layer(s) {wrong} of {checkpoint} are not CARAFE, CARAFEDown or DySample layers; those are "
                          + ", ".join(f"{i} ({type(m).__name__})" for i, m in available.items()))
     height, width = picture.shape[:2]
     if points is None:
@@ -216,10 +247,8 @@ def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers
             views = []
             for i in chosen:
                 x, layer = inputs[i], available[i]
-                stride_in = imgsz / x.shape[-1]
-                scale = layer.up_factor if isinstance(layer, CARAFE) else layer.scale
-                make = _carafe_view if isinstance(layer, CARAFE) else _dysample_view
-                views.append(make(i, layer, x, stride_in, stride_in / scale, at))
+                make = {CARAFE: _carafe_view, CARAFEDown: _carafe_down_view, DySample: _dysample_view}[type(layer)]
+                views.append(make(i, layer, x, imgsz / x.shape[-1], at))
     finally:
         for hook in hooks:
             hook.remove()
@@ -252,7 +281,7 @@ def draw(inspection: Inspection):
     legend.text(0, 0.95, _legend(inspection), va="top", fontsize=10, family="monospace", wrap=True)
     outside = ListedColormap(["#d9d9d9"])
     for row, view in enumerate(inspection.layers, 1):
-        if view.kind == "CARAFE":
+        if view.kind in COMPARED:
             _draw_carafe(fig, grid, row, view, outside)
         else:
             _draw_dysample(fig, grid, row, view, inspection.image)
@@ -267,6 +296,9 @@ def _legend(inspection: Inspection) -> str:
         lines += ["", "CARAFE: each group's k x k reassembly weights at", "the point's output pixel, over its source",
                   "window (grey: off the map, counts as zero);", "centre w: the centre tap's weight (nearest",
                   "upsampling would be 1; uniform averaging 1/k^2)."]
+    if "CARAFEDown" in kinds:
+        lines += ["", "CARAFEDown: the same for CARAFE++ downsampling,", "over the input window of each output pixel;",
+                  "centre w 1 would be strided sampling."]
     if "DySample" in kinds:
         lines += ["", "DySample: arrows from output pixels to the points", "they sample (lengthened to be seen);",
                   "0 is bilinear upsampling."]
@@ -288,13 +320,15 @@ def _draw_carafe(fig, grid, row: int, view: LayerView, outside) -> None:
         axes.imshow(np.where(mask, 1.0, np.nan), cmap=outside, vmin=0, vmax=1)
         heat = axes.imshow(tiled, cmap="viridis", vmin=0, vmax=top)
         centre = ", ".join(f"{kernel[g, k // 2, k // 2]:.2f}" for g in range(groups))
-        axes.set_title(f"layer {view.index} CARAFE, point {column + 1}\ncentre w {centre}", fontsize=9)
+        axes.set_title(f"layer {view.index} {view.kind}, point {column + 1}\ncentre w {centre}", fontsize=9)
         axes.set_xticks([]), axes.set_yticks([])
         panels.append(axes)
     if panels:
         fig.colorbar(heat, ax=panels, fraction=0.046, label="kernel weight")
     start = len(view.kernels)
-    for offset, (picture, title) in enumerate(((view.upsampled, "CARAFE output"), (view.nearest, "nearest of the same"))):
+    pictures = ((view.upsampled, f"{view.kind} output" if view.kind == "CARAFE" else f"{view.kind} reassembly"),
+                (view.nearest, COMPARED[view.kind]))
+    for offset, (picture, title) in enumerate(pictures):
         axes = fig.add_subplot(grid[row, start + offset])
         axes.imshow(picture, interpolation="nearest")
         axes.set_title(f"layer {view.index}: {title}\n(shared 3-component PCA)", fontsize=9)
@@ -358,7 +392,7 @@ def _point(text: str) -> tuple[float, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m carafe_ultra show``'s options."""
-    parser.add_argument("checkpoint", help="an Ultralytics checkpoint (.pt) with CARAFE or DySample layers")
+    parser.add_argument("checkpoint", help="an Ultralytics checkpoint (.pt) with CARAFE, CARAFEDown or DySample layers")
     parser.add_argument("image", help="an image file (the original; points are in its pixels)")
     parser.add_argument("--layers", type=int, nargs="+", help="the layers to show, by index (default: all of them)")
     parser.add_argument("--points", type=_point, nargs="+", metavar="X,Y",
