@@ -1,6 +1,7 @@
 """The CPU benchmark runs end to end, and its baseline computes the same thing as the op."""
 
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from carafe_ultra import CARAFE
 from carafe_ultra.backends.cuda_backend import use_launcher
 from carafe_ultra.backends.kernel_types import Specialisation
-from carafe_ultra.experiments.baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
+from carafe_ultra.experiments.baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe, unfold_matmul_carafe_downsample
 from carafe_ultra.experiments.benchmark import (
     Case,
     PeakMemory,
@@ -25,9 +26,9 @@ from carafe_ultra.experiments.benchmark import (
     kernel_sha256,
 )
 from carafe_ultra.experiments.timing import interleaved_seconds, synchronizer
-from tests.helpers import random_inputs
+from tests.helpers import random_down_inputs, random_inputs
 from tests.host_launcher import FaultyLauncher, HostShimLauncher
-from tests.reference import carafe_reference
+from tests.reference import carafe_downsample_reference, carafe_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_unfold_matmul_baseline_is_correct():
     features, masks = random_inputs(2, 3, 4, 5, 5, 1, 3)
     torch.testing.assert_close(unfold_matmul_carafe(features, masks, 5, 3), carafe_reference(features, masks, 5, 1, 3))
+
+
+def test_unfold_matmul_downsampling_baseline_is_correct():
+    features, masks = random_down_inputs(2, 3, 7, 6, 5, 1, 2)
+    torch.testing.assert_close(unfold_matmul_carafe_downsample(features, masks, 5, 2),
+                               carafe_downsample_reference(features, masks, 5, 1, 2))
 
 
 def test_interleaved_seconds_takes_turns_and_drops_the_warm_up():
@@ -77,6 +84,16 @@ def test_comparison_reports_every_mode():
         assert set(result[mode]) == {"median_ms", "speedup", "peak_added_mib", "memory_ratio"}
         assert result[mode]["speedup"] > 0 and result[mode]["memory_ratio"] > 1
     assert "forward_backward" in format_cpu_comparison(result)
+
+
+def test_downsampling_comparison_through_the_command_line(tmp_path):
+    out = tmp_path / "down.json"
+    run = subprocess.run([sys.executable, "-m", "carafe_ultra", "benchmark", "--downsample", "--small", "--repeats", "1",
+                          "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "32x32 -> /2 (CARAFE++ downsampling), k=5" in run.stdout
+    result = json.loads(out.read_text())
+    assert result["case"]["downsample"] and result["forward"]["memory_ratio"] > 1
 
 
 def test_script_writes_json(tmp_path):

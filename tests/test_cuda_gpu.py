@@ -8,10 +8,17 @@ import gc
 import pytest
 import torch
 
-from carafe_ultra import carafe
-from carafe_ultra.backends import BACKEND_VARIABLE, carafe_cuda, carafe_torch, select_backend
+from carafe_ultra import carafe, carafe_downsample
+from carafe_ultra.backends import (
+    BACKEND_VARIABLE,
+    carafe_cuda,
+    carafe_downsample_cuda,
+    carafe_downsample_torch,
+    carafe_torch,
+    select_backend,
+)
 from carafe_ultra.backends.cupy_launcher import cupy_importable
-from tests.helpers import SHAPES, random_inputs
+from tests.helpers import DOWN_SHAPES, SHAPES, random_down_inputs, random_inputs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not cupy_importable(),
                                 reason="needs a CUDA GPU and CuPy")
@@ -53,6 +60,26 @@ def test_matches_torch_path(shape, dtype):
     tol = TOLERANCE[dtype]
     assert relative_error(out, want_out) < tol
     for a, b in zip(got, want):
+        assert a.dtype == dtype and relative_error(a, b) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [*DOWN_SHAPES, (2, 300, 19, 21, 5, 1, 2), (2, 256, 80, 80, 5, 1, 2)], ids=str)
+def test_downsampling_matches_torch_path_and_is_deterministic(shape, dtype):
+    k, g, s = shape[4:]
+    features, masks = (t.cuda().to(dtype).requires_grad_() for t in random_down_inputs(*shape, dtype=torch.float32))
+    assert select_backend(features, masks, downsample=True) is carafe_downsample_cuda
+    runs = []
+    for _ in range(2):
+        out = carafe_downsample(features, masks, k, g, s)
+        runs.append((out, *torch.autograd.grad(out, (features, masks), torch.ones_like(out))))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    f64, m64 = features.detach().double().requires_grad_(), masks.detach().double().requires_grad_()
+    want_out = carafe_downsample_torch(f64, m64, k, g, s)
+    want = torch.autograd.grad(want_out, (f64, m64), torch.ones_like(want_out))
+    tol = TOLERANCE[dtype]
+    assert runs[0][0].dtype == dtype and relative_error(runs[0][0], want_out) < tol
+    for a, b in zip(runs[0][1:], want):
         assert a.dtype == dtype and relative_error(a, b) < tol
 
 

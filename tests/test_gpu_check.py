@@ -57,15 +57,18 @@ def test_dry_run_on_a_machine_with_only_torch_cupy_numpy_and_pytest(tmp_path):
     assert by_name["training"]["detail"] == "needs ultralytics, which does not import here"
     assert by_name["tensorrt"]["detail"] == "needs ultralytics, onnx, which does not import here"
     assert "compute-sanitizer is not on the PATH" in by_name["sanitizer"]["detail"]
-    assert "the kernel exercise ran without it (144 launches)" in by_name["sanitizer"]["detail"]
+    # 144 launches of every variant, 36 of the downsampling's kernels.
+    assert "the kernel exercise ran without it (180 launches)" in by_name["sanitizer"]["detail"]
     # The fields of the report.
     assert report["dry_run"] and report["device"] == "cpu (dry run)" and report["torch"] == torch.__version__
     assert report["kernel_files"] == ["carafe_ultra/backends/kernels/carafe.cu", "carafe_ultra/backends/kernel_variants.py"]
     assert len(report["kernel_sha256"]) == 64 and report["copy_bandwidth_gbs"] > 0
     assert report["gpu_tests"]["failed"] == 0 and report["gpu_tests"]["passed"] > 0 and report["gpu_tests"]["skipped"] > 0
     assert report["sanitizer"] == {"errors": None, "tools": dict.fromkeys(gpu_check.SANITIZER_TOOLS, "not run")}
-    assert {(c["case"]["dtype"], c["case"]["mask_dtype"]) for c in report["cases"]} == {
-        ("float16", None), ("float32", None), ("bfloat16", None), ("float16", "float32")}
+    pairs = {("float16", None), ("float32", None), ("bfloat16", None), ("float16", "float32")}
+    assert {(c["case"]["dtype"], c["case"]["mask_dtype"], c["case"]["downsample"]) for c in report["cases"]} == {
+        (*pair, downsample) for pair in pairs for downsample in (False, True)}
+    assert all(c["max_abs_error_vs_torch_path"] < 3e-2 and c["forward_gbs"] > 0 for c in report["cases"])
     for dtype in ("float16", "float32"):
         for kernel, names in VARIANTS.items():
             entries = report["variants"][dtype][kernel]

@@ -1,4 +1,5 @@
-"""The formulation the benchmarks compare our reassembly against: the widely copied unfold + matmul CARAFE.
+"""The formulations the benchmarks compare our reassemblies against: the widely copied unfold + matmul CARAFE, and
+the same for CARAFE++ downsampling.
 
 (The rival upsampler DySample is a real YAML module, so it lives in the core: :class:`carafe_ultra.DySample`.)"""
 
@@ -27,6 +28,18 @@ def unfold_matmul_carafe(features: Tensor, masks: Tensor, kernel_size: int, scal
     out = torch.matmul(windows, weights)  # (N, H, W, C, s²)
     out = out.reshape(n, height, width, channels * s * s).permute(0, 3, 1, 2)
     return F.pixel_shuffle(out, s)
+
+
+def unfold_matmul_carafe_downsample(features: Tensor, masks: Tensor, kernel_size: int, scale_factor: int) -> Tensor:
+    """The public copies' single-group CARAFE++ downsampling: ``F.unfold`` of every output pixel's k×k window at stride
+    s, (N, C·k², H/s·W/s), times the masks and summed over the taps. Correct, but it materialises k²/s² times the input
+    (and a product of that size). Kept only as the speed and memory baseline; same semantics as
+    :func:`carafe_ultra.carafe_downsample` with ``group_size=1``."""
+    n, channels, height, width = features.shape
+    k, s = kernel_size, scale_factor
+    out_h, out_w = masks.shape[2:]
+    windows = F.unfold(features, k, padding=(k - 1) // 2, stride=s).view(n, channels, k * k, out_h * out_w)
+    return (windows * masks.view(n, 1, k * k, out_h * out_w)).sum(2).view(n, channels, out_h, out_w)
 
 
 class UnfoldMatmulCARAFE(CARAFE):

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from ..backends import kernel_variants
 from ..backends.cuda_backend import (
     carafe_backward,
+    carafe_down_backward,
+    carafe_down_forward,
     carafe_forward,
     first_use_check,
     run_backward_features,
@@ -34,11 +36,12 @@ from ..backends.cupy_launcher import KERNEL_SOURCE
 from ..backends.kernel_types import Specialisation
 from ..backends.kernel_variants import VARIANTS
 from ..backends.torch_backend import carafe_torch, carafe_traceable, reassemble, reassemble_backward
+from ..backends.torch_downsample import carafe_downsample_torch
 from ..dysample import DySample
-from ..functional import carafe
+from ..functional import carafe, carafe_downsample
 from ..module import CARAFE
 from ..yamls import find_model_yaml
-from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe
+from .baselines import UnfoldMatmulCARAFE, unfold_matmul_carafe, unfold_matmul_carafe_downsample
 from .export_cost import export_cost, format_export_cost, format_int8_accuracy, int8_accuracy
 from .kernel_budget import Budget, budget_report, min_bytes_per_output
 from .kernel_budget import markdown as budget_markdown
@@ -47,7 +50,8 @@ from .timing import interleaved_seconds, median_ms, synchronizer
 
 @dataclass(frozen=True)
 class Case:
-    """One reassembly problem: features (n, channels, height, width) upsampled by ``scale`` with window ``kernel``."""
+    """One reassembly problem: features (n, channels, height, width) upsampled by ``scale`` with window ``kernel``
+    (with ``downsample``: downsampled by CARAFE++ at stride ``scale``)."""
 
     n: int = 4
     channels: int = 256
@@ -57,11 +61,18 @@ class Case:
     scale: int = 2
     dtype: str = "float32"
     mask_dtype: str | None = None  # None: the features' dtype; float32 with float16 features is what AMP hands over
+    downsample: bool = False
+
+    def masks_size(self) -> tuple[int, int]:
+        """The masks' (and output's) height and width."""
+        if self.downsample:
+            return -(-self.height // self.scale), -(-self.width // self.scale)
+        return self.height * self.scale, self.width * self.scale
 
     def inputs(self, device: str = "cpu", requires_grad: bool = False) -> tuple[Tensor, Tensor]:
         generator = torch.Generator().manual_seed(0)
         features = torch.randn(self.n, self.channels, self.height, self.width, generator=generator)
-        logits = torch.randn(self.n, self.kernel**2, self.height * self.scale, self.width * self.scale, generator=generator)
+        logits = torch.randn(self.n, self.kernel**2, *self.masks_size(), generator=generator)
         masks = logits.softmax(dim=1)
         return tuple(t.to(device, d).requires_grad_(requires_grad) for t, d in zip((features, masks), self.dtypes()))
 
@@ -126,6 +137,11 @@ def _forward_backward(op: Callable[[Tensor, Tensor], Tensor], case: Case) -> Cal
 
 
 def _reassembly_ops(case: Case) -> dict[str, Callable[[Tensor, Tensor], Tensor]]:
+    if case.downsample:
+        return {
+            "carafe_ultra": lambda f, m: carafe_downsample(f, m, case.kernel, 1, case.scale),
+            "unfold_matmul": lambda f, m: unfold_matmul_carafe_downsample(f, m, case.kernel, case.scale),
+        }
     return {
         "carafe_ultra": lambda f, m: carafe(f, m, case.kernel, 1, case.scale),
         "unfold_matmul": lambda f, m: unfold_matmul_carafe(f, m, case.kernel, case.scale),
@@ -166,9 +182,10 @@ def cpu_reassembly_comparison(case: Case, repeats: int = 7) -> dict:
 
 def format_cpu_comparison(result: dict) -> str:
     case = result["case"]
+    what = f"/{case['scale']} (CARAFE++ downsampling)" if case.get("downsample") else f"x{case['scale']}"
     lines = [
         f"CARAFE reassembly on CPU ({result['threads']} threads): N={case['n']} C={case['channels']} "
-        f"{case['height']}x{case['width']} -> x{case['scale']}, k={case['kernel']}, {case['dtype']}",
+        f"{case['height']}x{case['width']} -> {what}, k={case['kernel']}, {case['dtype']}",
         f"{'mode':<18}{'carafe_ultra ms':>17}{'unfold+matmul ms':>18}{'speedup':>9}"
         f"{'ours MiB':>10}{'theirs MiB':>12}{'mem ratio':>11}",
     ]
@@ -219,8 +236,7 @@ def _input_sets(case: Case, device: torch.device, rotate: int) -> list[tuple[Ten
     for i in range(rotate):
         features, masks = case.inputs(str(device))
         features.add_(i)
-        grad_out = torch.randn(case.n, case.channels, case.height * case.scale, case.width * case.scale,
-                               device=device).to(features.dtype)
+        grad_out = torch.randn(case.n, case.channels, *case.masks_size(), device=device).to(features.dtype)
         sets.append((features, masks, grad_out))
     return sets
 
@@ -228,24 +244,30 @@ def _input_sets(case: Case, device: torch.device, rotate: int) -> list[tuple[Ten
 def _case_bytes(case: Case, kernel: str) -> int:
     """The fewest bytes ``kernel`` moves on ``case`` (each input read once, each output written once)."""
     feature_bytes, mask_bytes = (torch.empty(0, dtype=d).element_size() for d in case.dtypes())
+    if case.downsample:  # every kernel reads or writes the features, the output (or its gradient) and the masks once
+        pixels = case.masks_size()[0] * case.masks_size()[1]
+        features = case.n * case.channels * (case.height * case.width + pixels)
+        return features * feature_bytes + case.n * case.kernel**2 * pixels * mask_bytes
     outputs = case.n * case.channels * case.height * case.width * case.scale**2
     shape = {"channels": case.channels, "groups": 1, "kernel": case.kernel, "scale": case.scale}
     return round(outputs * min_bytes_per_output(kernel, shape, feature_bytes, mask_bytes))
 
 
 def _kernel_case(case: Case, device: torch.device, repeats: int, rotate: int = 3) -> dict:
-    """The table's kernels (through the CUDA path's custom ops) on ``case``: times, bandwidth, and their error
-    against the PyTorch path."""
+    """The table's kernels (through the CUDA path's custom ops; CARAFE++ downsampling's for a ``downsample`` case) on
+    ``case``: times, bandwidth, and their error against the PyTorch path."""
+    forward, backward, op, torch_path = ((carafe_down_forward, carafe_down_backward, carafe_downsample,
+                                          carafe_downsample_torch) if case.downsample
+                                         else (carafe_forward, carafe_backward, carafe, carafe_torch))
     sets = _input_sets(case, device, rotate)
-    forward_ms = median_ms(lambda i: carafe_forward(*sets[i][:2], case.kernel, 1, case.scale), device, repeats,
-                           rotate=rotate)
-    backward_ms = median_ms(lambda i: carafe_backward(sets[i][2], *sets[i][:2], case.kernel, 1, case.scale, True,
-                                                      True), device, repeats, rotate=rotate)
+    forward_ms = median_ms(lambda i: forward(*sets[i][:2], case.kernel, 1, case.scale), device, repeats, rotate=rotate)
+    backward_ms = median_ms(lambda i: backward(sets[i][2], *sets[i][:2], case.kernel, 1, case.scale, True, True),
+                            device, repeats, rotate=rotate)
     forward_bytes = _case_bytes(case, "forward")
     backward_bytes = _case_bytes(case, "backward_masks") + _case_bytes(case, "backward_features")
     features, masks, _ = sets[0]
-    error = (carafe(features, masks, case.kernel, 1, case.scale).float()
-             - carafe_torch(features.float(), masks.float(), case.kernel, 1, case.scale)).abs().max().item()
+    error = (op(features, masks, case.kernel, 1, case.scale).float()
+             - torch_path(features.float(), masks.float(), case.kernel, 1, case.scale)).abs().max().item()
     return {"case": asdict(case), "forward_ms": forward_ms, "backward_ms": backward_ms,
             "forward_bytes": forward_bytes, "backward_bytes": backward_bytes,
             "forward_gbs": forward_bytes / (forward_ms * 1e-3) / 1e9,
@@ -327,8 +349,8 @@ def first_use_check_ms(spec: Specialisation, device: torch.device | None = None,
 
 def kernel_report(device: torch.device, repeats: int = 50, compile_backend: str = "inductor") -> dict:
     """Copy bandwidth, the table's kernels on the reference case in every dtype pair (and three more shapes in
-    float16), every variant on the reference case in float16 and float32, and the first-use check's cost. On a CPU,
-    the same on the small cases."""
+    float16), CARAFE++ downsampling's kernels in every dtype pair, every variant on the reference case in float16 and
+    float32, and the first-use check's cost. On a CPU, the same on the small cases."""
     small = device.type != "cuda"
     reference = SMALL_REFERENCE if small else GPU_REFERENCE
     extras = () if small else (Case(n=16, channels=256, height=80, width=80, kernel=5, scale=2),
@@ -336,6 +358,9 @@ def kernel_report(device: torch.device, repeats: int = 50, compile_backend: str 
                                Case(n=8, channels=128, height=40, width=40, kernel=7, scale=4))
     cases = [_kernel_case(replace(reference, dtype=f, mask_dtype=m), device, repeats) for f, m in PAIRS]
     cases += [_kernel_case(replace(extra, dtype="float16"), device, repeats) for extra in extras]
+    # CARAFE++ downsampling's kernels on the neck's downsampling of the same features (twice the size, stride 2).
+    down = replace(reference, height=2 * reference.height, width=2 * reference.width, downsample=True)
+    cases += [_kernel_case(replace(down, dtype=f, mask_dtype=m), device, repeats) for f, m in PAIRS]
     variants = {dtype: variant_timings(replace(reference, dtype=dtype), device, repeats, compile_backend)
                 for dtype in ("float16", "float32")}
     return {"copy_bandwidth_gbs": copy_bandwidth_gbs(device, 64 if small else 1024),
@@ -376,7 +401,8 @@ def module_report(device: torch.device, repeats: int = 50) -> list[dict]:
 def bandwidth_goals(kernels: dict, modules: list[dict]) -> dict:
     """What the kernel and module measurements say about the goals (values; the targets are gpu_check's)."""
     bandwidth = kernels["copy_bandwidth_gbs"]
-    reference = {(c["case"]["dtype"], c["case"]["mask_dtype"]): c for c in kernels["cases"]}
+    # The reference case in each dtype pair: the first cases (the other shapes and the downsampling's come after).
+    reference = {(c["case"]["dtype"], c["case"]["mask_dtype"]): c for c in kernels["cases"][: len(PAIRS)]}
     module_ms = {(m["module"], m["case"]["dtype"]): m["forward_backward_ms"] for m in modules}
     return {
         "fwd_bw_fraction_fp16": reference["float16", None]["forward_gbs"] / bandwidth,
@@ -409,7 +435,9 @@ def format_gpu_report(report: dict) -> str:
     for case in report["cases"]:
         c = case["case"]
         masks = f" (masks {c['mask_dtype']})" if c.get("mask_dtype") else ""
-        label = f"N={c['n']} C={c['channels']} {c['height']}x{c['width']} k={c['kernel']} s={c['scale']} {c['dtype']}{masks}"
+        down = " downsampling" if c.get("downsample") else ""
+        label = (f"N={c['n']} C={c['channels']} {c['height']}x{c['width']} k={c['kernel']} s={c['scale']}{down} "
+                 f"{c['dtype']}{masks}")
         lines.append(f"  kernels {label}: fwd {case['forward_ms']:.3f} ms ({case['forward_gbs']:.0f} GB/s), "
                      f"bwd {case['backward_ms']:.3f} ms ({case['backward_gbs']:.0f} GB/s)")
     for dtype, kernels in report.get("variants", {}).items():
@@ -446,6 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--export: also ONNX Runtime's per-operator profile of the CARAFE model")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to this JSON file")
     parser.add_argument("--small", action="store_true", help="CPU: a tiny case, to check the script itself quickly")
+    parser.add_argument("--downsample", action="store_true",
+                        help="CPU: CARAFE++ downsampling (N=4, C=256, 80x80 -> 40x40, k=5, RT-DETR-l's neck) instead "
+                             "of the upsampling")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -480,6 +511,8 @@ def main(args: argparse.Namespace) -> None:
         print(format_int8_accuracy(result))
     else:
         case = Case(n=1, channels=32, height=16, width=16) if args.small else Case()
+        if args.downsample:  # the same input sizes at the downsampler's input: twice the upsampler's
+            case = replace(case, height=2 * case.height, width=2 * case.width, downsample=True)
         result = cpu_reassembly_comparison(case, repeats=args.repeats or 7)
         print(format_cpu_comparison(result))
     if args.json:

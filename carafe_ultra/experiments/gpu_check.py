@@ -9,10 +9,12 @@ stage      what it does                                                         
 tests      ``tests/test_cuda_gpu.py`` and ``tests/test_cuda_path.py`` with the CuPy   pytest; a checkout's tests/
            launcher, counted
 sanitizer  compute-sanitizer's memcheck, racecheck, initcheck and synccheck over a     compute-sanitizer (CUDA
-           run of every kernel variant (forward, both gradients; float32, float16,    toolkit) on the PATH
-           bfloat16 and the AMP pair; borders, groups, odd sizes)
-kernels    copy bandwidth; the table's kernels on the reference cases; every variant  nothing more
-           and the PyTorch yardsticks (eager, torch.compile); the first-use check
+           run of every kernel variant and of the downsampling's kernels (forward,    toolkit) on the PATH
+           both gradients; float32, float16, bfloat16 and the AMP pair; borders,
+           groups, odd sizes)
+kernels    copy bandwidth; the table's kernels on the reference cases, and CARAFE++   nothing more
+           downsampling's; every variant and the PyTorch yardsticks (eager,
+           torch.compile); the first-use check
 modules    CARAFE against unfold + matmul and DySample, forward + backward, float32   nothing more
            and float16
 training   one AMP training step (batch 8, 640 px) of RT-DETR-l and of YOLO11n,       ultralytics
@@ -53,10 +55,16 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..backends.cuda_backend import run_backward_features, run_backward_masks, run_forward, use_launcher
+from ..backends.cuda_backend import (
+    DOWNSAMPLING,
+    UPSAMPLING,
+    run_backward_features,
+    run_backward_masks,
+    run_forward,
+    use_launcher,
+)
 from ..backends.kernel_types import Specialisation
 from ..backends.kernel_variants import SELECTED, VARIANTS, variant_sets
-from ..backends.torch_backend import reassemble, reassemble_backward
 from . import benchmark
 
 REPORT, TABLES, LOG = "gpu-check.json", "gpu-check.md", "gpu-check.log"
@@ -171,9 +179,9 @@ def sanitizer_findings(output: str) -> dict:
 
 
 def exercise_kernels(device: torch.device) -> int:
-    """Run every variant of every kernel (forward and both gradients) in float32, float16, bfloat16 and the AMP pair
-    on cases with borders, groups and odd sizes, each against the PyTorch path; the number of launches. Raises
-    ``AssertionError`` on a wrong result. What compute-sanitizer watches."""
+    """Run every variant of every kernel (forward and both gradients), and CARAFE++ downsampling's kernels, in
+    float32, float16, bfloat16 and the AMP pair on cases with borders, groups and odd sizes, each against the PyTorch
+    path; the number of launches. Raises ``AssertionError`` on a wrong result. What compute-sanitizer watches."""
     cases = [(2, 6, 5, 7, 5, 3, 2), (1, 4, 1, 3, 3, 2, 4), (2, 64, 9, 11, 3, 1, 2)]  # n, c, h, w, k, groups, s
     pairs = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
              (torch.float16, torch.float32)]
@@ -181,21 +189,27 @@ def exercise_kernels(device: torch.device) -> int:
     launches = 0
     for n, c, h, w, k, g, s in cases:
         features = torch.randn(n, c, h, w, generator=generator)
-        masks = torch.randn(n, g, k * k, h * s, w * s, generator=generator).softmax(2).flatten(1, 2)
-        grad_out = torch.randn(n, c, h * s, w * s, generator=generator)
-        for feature_dtype, mask_dtype in pairs:
-            f, m, go = features.to(device, feature_dtype), masks.to(device, mask_dtype), grad_out.to(device, feature_dtype)
-            f64, m64, g64 = (t.cpu().double() for t in (f, m, go))
-            want = [reassemble(f64, m64, k, g, s), *reversed(reassemble_backward(g64, f64, m64, k, g, s, True, True))]
-            for table in variant_sets():
-                spec = Specialisation(feature_dtype, mask_dtype, k, s, **table)
-                got = [run_forward(spec, f, m, g), run_backward_masks(spec, go, f, m, g),
-                       run_backward_features(spec, go, f, m, g)]
-                launches += 3
-                for name, result, expected in zip(("forward", "backward_masks", "backward_features"), got, want):
-                    error = (result.cpu().double() - expected).abs().max().item()
-                    limit = 3e-2 * max(1.0, expected.abs().max().item())
-                    assert error <= limit, f"{name} {table[name]} {spec}: off by {error:.3g}"
+        for operation in (UPSAMPLING, DOWNSAMPLING):
+            out_size = operation.output_size(h, w, s)
+            masks = torch.randn(n, g, k * k, *out_size, generator=generator).softmax(2).flatten(1, 2)
+            grad_out = torch.randn(n, c, *out_size, generator=generator)
+            for feature_dtype, mask_dtype in pairs:
+                f, m = features.to(device, feature_dtype), masks.to(device, mask_dtype)
+                go = grad_out.to(device, feature_dtype)
+                f64, m64, g64 = (t.cpu().double() for t in (f, m, go))
+                want = [operation.torch_forward(f64, m64, k, g, s),
+                        *reversed(operation.torch_backward(g64, f64, m64, k, g, s, True, True))]
+                # The downsampling's kernels are in every module: the first table builds them.
+                for table in variant_sets() if operation is UPSAMPLING else variant_sets()[:1]:
+                    spec = Specialisation(feature_dtype, mask_dtype, k, s, **table)
+                    got = [run_forward(spec, f, m, g, operation), run_backward_masks(spec, go, f, m, g, operation),
+                           run_backward_features(spec, go, f, m, g, operation)]
+                    launches += 3
+                    for kernel, result, expected in zip(("forward", "backward_masks", "backward_features"), got, want):
+                        error = (result.cpu().double() - expected).abs().max().item()
+                        limit = 3e-2 * max(1.0, expected.abs().max().item())
+                        name = operation.prefix + kernel
+                        assert error <= limit, f"{name} {spec.variant(name).name} {spec}: off by {error:.3g}"
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return launches
