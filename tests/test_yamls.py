@@ -91,6 +91,13 @@ def test_command_line(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == str(tmp_path / "yolo11s-pose-carafe.yaml")
     assert [r[2] for r in rows(run.stdout.strip())].count("CARAFE") == 2
+    both = subprocess.run([sys.executable, "-m", "carafe_ultra", "convert", "yolov8n.yaml", "--downsample", "--upsampler",
+                           "none", "-o", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert both.returncode == 0 and both.stdout.strip() == str(tmp_path / "yolov8n-carafe-down.yaml"), both.stderr
+    assert [r[2] for r in rows(both.stdout.strip())].count("CARAFEDown") == 2
+    nothing = subprocess.run([sys.executable, "-m", "carafe_ultra", "convert", "yolov8n.yaml", "--upsampler", "none"],
+                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert nothing.returncode == 2 and "nothing to convert" in nothing.stderr
     models = subprocess.run([sys.executable, "-m", "carafe_ultra", "models", "yolo11s-carafe.yaml"],
                             capture_output=True, text=True, timeout=300)
     assert models.returncode == 0 and models.stdout.strip() == model_yaml("yolo11s-carafe.yaml")
