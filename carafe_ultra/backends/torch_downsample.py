@@ -158,7 +158,7 @@ def _reassemble_backward(
         for tap in range(k * k):
             rows, cols = _tap_window(tap, k, s, out_h, out_w)
             if grad_padded is not None:
-                grad_padded[:, start:end, rows, cols] += grad * taps[:, group, tap]
+                grad_padded[:, start:end, rows, cols].addcmul_(grad, taps[:, group, tap])
             if grad_taps is not None:
                 grad_taps[:, group, tap] += (grad * window[:, :, rows, cols]).sum(1, keepdim=True)
 
