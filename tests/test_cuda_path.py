@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from carafe_ultra import CARAFE, carafe, carafe_downsample
+from carafe_ultra import CARAFE, CARAFEDown, carafe, carafe_downsample
 from carafe_ultra.backends import (
     BACKEND_VARIABLE,
     carafe_cuda,
@@ -394,3 +394,23 @@ def test_each_operation_has_its_own_first_use_check_and_fallback(path, recwarn):
     assert launcher.launches["forward"] == 2 and launcher.launches["down_forward"] == 1
     carafe_downsample(*down, 3, 1, 2)  # and the failed downsampling specialisation stays on the PyTorch path
     assert launcher.launches["down_forward"] == 1
+
+
+def test_carafe_down_module_compiles_without_graph_break_and_takes_autocast_dtypes(path):
+    device, launcher = path
+    module = CARAFEDown(8, 16, kernel_size=3, group_size=2).to(device)
+    x = torch.randn(2, 8, 9, 7, device=device, requires_grad=True)
+    expected = module(x)
+    torch._dynamo.reset()
+    out = torch.compile(module, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert x.grad is not None and module.encoder.weight.grad is not None
+    assert launcher.launches["down_forward"] >= 2 and launcher.launches["down_backward_features"] >= 1
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    low = x.detach().to(dtype)  # as the conv before it hands it over under autocast
+    with torch.autocast(device.type, dtype=dtype):
+        out = module(low)
+        masks_dtype = module.masks(low).dtype
+    assert out.dtype == dtype
+    assert launcher.dtypes[-1] == (dtype, masks_dtype, dtype)  # both as autocast made them, unconverted
