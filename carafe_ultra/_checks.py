@@ -6,6 +6,8 @@ that names it and says what was expected, instead of a shape error deep inside a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor
 
 
@@ -52,7 +54,9 @@ def _check_tensor(name: str, tensor: object) -> Tensor:
     return tensor
 
 
-def _check_common(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> None:
+def _check_reassembly_inputs(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int,
+                             masks_size: Callable[[int, int, int], tuple[int, int]], size_formula: str) -> None:
+    """The checks both operators share; ``masks_size(H, W, s)`` is the masks' (H, W), ``size_formula`` says it."""
     _check_tensor("features", features)
     _check_tensor("masks", masks)
     check_int("kernel_size", kernel_size, minimum=1, odd=True)
@@ -63,35 +67,28 @@ def _check_common(features: Tensor, masks: Tensor, kernel_size: int, group_size:
     if masks.shape[0] != features.shape[0]:
         raise ValueError(f"masks batch size ({masks.shape[0]}) must match features batch size ({features.shape[0]})")
     check_divides("group_size", group_size, "features channels", features.shape[1])
+    expected = (group_size * kernel_size**2, *masks_size(*features.shape[2:], scale_factor))
+    if tuple(masks.shape[1:]) != expected:
+        raise ValueError(
+            f"masks must have shape (N, group_size*kernel_size**2, {size_formula}) = "
+            f"(N, {expected[0]}, {expected[1]}, {expected[2]}) for features {tuple(features.shape)}, "
+            f"kernel_size={kernel_size}, group_size={group_size}, scale_factor={scale_factor}; "
+            f"got {tuple(masks.shape)}"
+        )
 
 
 def check_carafe_inputs(
     features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int
 ) -> None:
     """Validate the arguments of :func:`carafe_ultra.carafe`; see its docstring for the contract."""
-    _check_common(features, masks, kernel_size, group_size, scale_factor)
-    height, width = features.shape[2:]
-    expected = (group_size * kernel_size**2, height * scale_factor, width * scale_factor)
-    if tuple(masks.shape[1:]) != expected:
-        raise ValueError(
-            f"masks must have shape (N, group_size*kernel_size**2, H*scale_factor, W*scale_factor) = "
-            f"(N, {expected[0]}, {expected[1]}, {expected[2]}) for features {tuple(features.shape)}, "
-            f"kernel_size={kernel_size}, group_size={group_size}, scale_factor={scale_factor}; "
-            f"got {tuple(masks.shape)}"
-        )
+    _check_reassembly_inputs(features, masks, kernel_size, group_size, scale_factor,
+                             lambda height, width, s: (height * s, width * s), "H*scale_factor, W*scale_factor")
 
 
 def check_carafe_downsample_inputs(
     features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int
 ) -> None:
     """Validate the arguments of :func:`carafe_ultra.carafe_downsample`; see its docstring for the contract."""
-    _check_common(features, masks, kernel_size, group_size, scale_factor)
-    height, width = features.shape[2:]
-    expected = (group_size * kernel_size**2, -(-height // scale_factor), -(-width // scale_factor))
-    if tuple(masks.shape[1:]) != expected:
-        raise ValueError(
-            f"masks must have shape (N, group_size*kernel_size**2, ceil(H/scale_factor), ceil(W/scale_factor)) = "
-            f"(N, {expected[0]}, {expected[1]}, {expected[2]}) for features {tuple(features.shape)}, "
-            f"kernel_size={kernel_size}, group_size={group_size}, scale_factor={scale_factor}; "
-            f"got {tuple(masks.shape)}"
-        )
+    _check_reassembly_inputs(features, masks, kernel_size, group_size, scale_factor,
+                             lambda height, width, s: (-(-height // s), -(-width // s)),
+                             "ceil(H/scale_factor), ceil(W/scale_factor)")

@@ -6,15 +6,15 @@ masks. This one never does: channels are processed in chunks whose accumulator s
 each chunk adds up the k² taps as shifted multiply-adds. Work happens in an (N, c, s, s, H·Wp) layout over
 the zero-padded width Wp = W + 2r: there every tap's window is one contiguous slice of the flattened padded
 input, so each op streams over H·Wp elements instead of rows of W (the 2r extra columns per row are computed
-and dropped). float16/bfloat16 accumulate in float32. The backward pass is written out too (autograd
-through the tap loop is ~3× slower). Mixed input dtypes are computed in the wider one and returned in the
-features' dtype.
+and dropped). float16/bfloat16 accumulate in float32. The backward pass is written out too (:func:`pytorch_path`, which CARAFE++
+downsampling's path shares). Mixed input dtypes are computed in the wider one and returned in the features' dtype.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +29,6 @@ def promoted(features: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
     """Both inputs in the wider of their dtypes (the PyTorch path's rule for mixed dtypes)."""
     compute = torch.promote_types(features.dtype, masks.dtype)
     return features.to(compute), masks.to(compute)
-
-
-def carafe_torch(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE with standard ops and a hand-written backward pass. Inputs are checked by the caller."""
-    out = _CarafeFunction.apply(*promoted(features, masks), kernel_size, group_size, scale_factor)
-    return out.to(features.dtype)
 
 
 def carafe_traceable(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
@@ -152,35 +146,50 @@ def _window_index(height: int, width: int, kernel_size: int, device: torch.devic
     return (pixels.reshape(-1, 1) + taps.reshape(1, -1)).reshape(-1)
 
 
-def reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """The forward values of :func:`carafe_torch`, without autograd (the CUDA path falls back to it)."""
-    return _reassemble(*promoted(features, masks), kernel_size, group_size, scale_factor).to(features.dtype)
+class PyTorchPath(NamedTuple):
+    """One operation's PyTorch path, made by :func:`pytorch_path`: ``op`` (differentiable, to second order), and its
+    ``values`` and ``gradients`` without autograd (what the CUDA path falls back to and checks against). Each takes
+    inputs of any floating dtypes, computes in the wider one and returns each result in its input's dtype."""
+
+    op: Callable[..., Tensor]
+    values: Callable[..., Tensor]
+    gradients: Callable[..., tuple[Tensor | None, Tensor | None]]
 
 
-def reassemble_backward(
-    grad_out: Tensor, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int,
-    want_features: bool, want_masks: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """The gradients :func:`carafe_torch` computes, each in its input's dtype (None where not wanted)."""
-    wide_features, wide_masks = promoted(features, masks)
-    grads = _reassemble_backward(grad_out.to(wide_features.dtype), wide_features, wide_masks, kernel_size,
-                                 group_size, scale_factor, want_features, want_masks)
-    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (features, masks)))
+def pytorch_path(forward: Callable[..., Tensor], backward: Callable[..., tuple[Tensor | None, Tensor | None]]
+                 ) -> PyTorchPath:
+    """The path of an operation written as ``forward(features, masks, k, G, s)`` and ``backward(grad_out, features,
+    masks, k, G, s, want_features, want_masks)`` on inputs of one dtype. The backward pass is written out (autograd
+    through a tap loop is ~3× slower); autograd runs through it for the second order."""
 
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, features: Tensor, masks: Tensor, kernel_size: int, group_size: int,
+                    scale_factor: int) -> Tensor:
+            ctx.save_for_backward(features, masks)
+            ctx.config = (kernel_size, group_size, scale_factor)
+            return forward(features, masks, kernel_size, group_size, scale_factor)
 
-class _CarafeFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-        ctx.save_for_backward(features, masks)
-        ctx.config = (kernel_size, group_size, scale_factor)
-        return _reassemble(features, masks, kernel_size, group_size, scale_factor)
+        @staticmethod
+        def backward(ctx, grad_out: Tensor):
+            features, masks = ctx.saved_tensors
+            want_features, want_masks = ctx.needs_input_grad[:2]
+            return (*backward(grad_out, features, masks, *ctx.config, want_features, want_masks), None, None, None)
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        features, masks = ctx.saved_tensors
-        want_features, want_masks = ctx.needs_input_grad[:2]
-        grads = _reassemble_backward(grad_out, features, masks, *ctx.config, want_features, want_masks)
-        return (*grads, None, None, None)
+    def op(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+        return Function.apply(*promoted(features, masks), kernel_size, group_size, scale_factor).to(features.dtype)
+
+    def values(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+        return forward(*promoted(features, masks), kernel_size, group_size, scale_factor).to(features.dtype)
+
+    def gradients(grad_out: Tensor, features: Tensor, masks: Tensor, kernel_size: int, group_size: int,
+                  scale_factor: int, want_features: bool, want_masks: bool) -> tuple[Tensor | None, Tensor | None]:
+        wide_features, wide_masks = promoted(features, masks)
+        grads = backward(grad_out.to(wide_features.dtype), wide_features, wide_masks, kernel_size, group_size,
+                         scale_factor, want_features, want_masks)
+        return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (features, masks)))
+
+    return PyTorchPath(op, values, gradients)
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -284,3 +293,8 @@ def _reassemble_backward(
         grid = grad_taps.view(n, group_size, k * k, s, s, height, padded_width)[..., :width]
         grad_masks = grid.permute(0, 1, 2, 5, 3, 6, 4).reshape(masks.shape).to(masks.dtype)
     return grad_features, grad_masks
+
+
+# CARAFE with standard ops and a hand-written backward pass (inputs checked by the caller), and its forward values and
+# gradients without autograd (the CUDA path falls back to them).
+carafe_torch, reassemble, reassemble_backward = pytorch_path(_reassemble, _reassemble_backward)

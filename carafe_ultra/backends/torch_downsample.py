@@ -16,19 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .torch_backend import accumulator_dtype, channel_chunks, promoted
+from .torch_backend import accumulator_dtype, channel_chunks, promoted, pytorch_path
 
 
 def downsampled_size(height: int, width: int, scale_factor: int) -> tuple[int, int]:
     """The output's (height, width): ceil(H / s), ceil(W / s)."""
     return -(-height // scale_factor), -(-width // scale_factor)
-
-
-def carafe_downsample_torch(features: Tensor, masks: Tensor, kernel_size: int, group_size: int,
-                            scale_factor: int) -> Tensor:
-    """CARAFE++ downsampling with standard ops and a hand-written backward pass. Inputs are checked by the caller."""
-    out = _DownsampleFunction.apply(*promoted(features, masks), kernel_size, group_size, scale_factor)
-    return out.to(features.dtype)
 
 
 def carafe_downsample_traceable(features: Tensor, masks: Tensor, kernel_size: int, group_size: int,
@@ -62,38 +55,6 @@ def carafe_downsample_traceable(features: Tensor, masks: Tensor, kernel_size: in
         term = window * weight
         out = term if out is None else out + term
     return out.reshape(n, channels, out_h, out_w).to(features.dtype)
-
-
-def downsample_reassemble(features: Tensor, masks: Tensor, kernel_size: int, group_size: int,
-                          scale_factor: int) -> Tensor:
-    """The forward values of :func:`carafe_downsample_torch`, without autograd (the CUDA path falls back to it)."""
-    return _reassemble(*promoted(features, masks), kernel_size, group_size, scale_factor).to(features.dtype)
-
-
-def downsample_reassemble_backward(
-    grad_out: Tensor, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int,
-    want_features: bool, want_masks: bool,
-) -> tuple[Tensor | None, Tensor | None]:
-    """The gradients :func:`carafe_downsample_torch` computes, each in its input's dtype (None where not wanted)."""
-    wide_features, wide_masks = promoted(features, masks)
-    grads = _reassemble_backward(grad_out.to(wide_features.dtype), wide_features, wide_masks, kernel_size,
-                                 group_size, scale_factor, want_features, want_masks)
-    return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (features, masks)))
-
-
-class _DownsampleFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-        ctx.save_for_backward(features, masks)
-        ctx.config = (kernel_size, group_size, scale_factor)
-        return _reassemble(features, masks, kernel_size, group_size, scale_factor)
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        features, masks = ctx.saved_tensors
-        want_features, want_masks = ctx.needs_input_grad[:2]
-        grads = _reassemble_backward(grad_out, features, masks, *ctx.config, want_features, want_masks)
-        return (*grads, None, None, None)
 
 
 def _padded(features: Tensor, kernel_size: int) -> Tensor:
@@ -168,3 +129,9 @@ def _reassemble_backward(
     if grad_taps is not None:
         grad_masks = grad_taps.reshape(masks.shape).to(masks.dtype)
     return grad_features, grad_masks
+
+
+# CARAFE++ downsampling with standard ops and a hand-written backward pass (inputs checked by the caller), and its
+# forward values and gradients without autograd (the CUDA path falls back to them).
+carafe_downsample_torch, downsample_reassemble, downsample_reassemble_backward = pytorch_path(_reassemble,
+                                                                                             _reassemble_backward)
