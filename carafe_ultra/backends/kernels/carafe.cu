@@ -135,9 +135,45 @@ CARAFE_DEVICE void for_each_inside_tap(index_t ph, index_t pw, index_t height, i
     }
 }
 
+// The output pixel `at` of the plane of `plane` values of batch item n, whose window centres on input pixel (ph, pw),
+// over the chunk of group g's channels that blockIdx.y picks: its K*K mask values (those of its group, from `mask`)
+// are read once into registers and reused by every channel. The upsampling's and the downsampling's per-pixel
+// forward kernels both run it.
+template <typename F, typename M>
+CARAFE_DEVICE void reassemble_pixel(const F* __restrict__ features, const M* __restrict__ mask, F* __restrict__ out,
+                                    index_t n, index_t channels, index_t height, index_t width, index_t groups,
+                                    index_t g, index_t plane, index_t at, index_t ph, index_t pw,
+                                    index_t channel_chunk) {
+    float weight[CARAFE_TAPS];
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * plane);
+    index_t first, end;
+    channel_chunk_range(g, channels / groups, blockIdx.y, channel_chunk, first, end);
+    for (index_t c = first; c < end; ++c) {
+        const F* source = features + (n * channels + c) * height * width;
+        float acc = 0.f;
+        for_each_inside_tap(ph, pw, height, width, [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
+        store(out + (n * channels + c) * plane + at, acc);
+    }
+}
+
+// The masks' gradient at that output pixel: for each tap, the sum over the channels [first, end) of grad_out times
+// the tap's source pixel, stored from `grad` (0 for taps outside). A plain sum, no atomics.
+template <typename F, typename M>
+CARAFE_DEVICE void mask_grads_pixel(const F* __restrict__ grad_out, const F* __restrict__ features,
+                                    M* __restrict__ grad, index_t n, index_t channels, index_t height, index_t width,
+                                    index_t plane, index_t at, index_t ph, index_t pw, index_t first, index_t end) {
+    float acc[CARAFE_TAPS];
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) acc[tap] = 0.f;
+    for (index_t c = first; c < end; ++c) {
+        const float go = load(grad_out + (n * channels + c) * plane + at);
+        const F* source = features + (n * channels + c) * height * width;
+        for_each_inside_tap(ph, pw, height, width, [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
+    }
+    for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * plane, acc[tap]);
+}
+
 // One thread per (batch, group, output row, output column), over a chunk of the group's channels
-// (blockIdx.y picks the chunk): the K*K mask values are read once into registers and reused by every
-// channel; adjacent threads write adjacent output columns.
+// (blockIdx.y picks the chunk); adjacent threads write adjacent output columns.
 template <typename F, typename M>
 CARAFE_DEVICE void forward_pixel(const F* __restrict__ features, const M* __restrict__ masks, F* __restrict__ out,
                                  index_t batch, index_t channels, index_t height, index_t width, index_t groups,
@@ -145,41 +181,21 @@ CARAFE_DEVICE void forward_pixel(const F* __restrict__ features, const M* __rest
     Tile p;
     if (!claim_tile<1, 1>(global_thread(), batch, groups, height, width, p)) return;
     const index_t at = p.oh * width * CARAFE_S + p.ow;
-
-    float weight[CARAFE_TAPS];
-    const M* mask = masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at;
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * p.plane);
-
-    index_t first, end;
-    channel_chunk_range(p.g, channels / groups, blockIdx.y, channel_chunk, first, end);
-    for (index_t c = first; c < end; ++c) {
-        const F* source = features + (p.n * channels + c) * height * width;
-        float acc = 0.f;
-        for_each_inside_tap(p.ph, p.pw, height, width, [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
-        store(out + (p.n * channels + c) * p.plane + at, acc);
-    }
+    reassemble_pixel(features, masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at, out, p.n, channels, height,
+                     width, groups, p.g, p.plane, at, p.ph, p.pw, channel_chunk);
 }
 
 // grad_masks[n, g*K*K + tap, oh, ow] = sum over the group's channels of grad_out * the tap's source pixel.
-// Same mapping as forward_pixel, all channels of the group per thread: a plain sum, no atomics.
+// Same mapping as forward_pixel, all channels of the group per thread.
 template <typename F, typename M>
 CARAFE_DEVICE void backward_masks_pixel(const F* __restrict__ grad_out, const F* __restrict__ features,
                                         M* __restrict__ grad_masks, index_t batch, index_t channels, index_t height,
                                         index_t width, index_t groups) {
     Tile p;
     if (!claim_tile<1, 1>(global_thread(), batch, groups, height, width, p)) return;
-    const index_t at = p.oh * width * CARAFE_S + p.ow;
-
-    float acc[CARAFE_TAPS];
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) acc[tap] = 0.f;
-    const index_t per_group = channels / groups;
-    for (index_t c = p.g * per_group; c < (p.g + 1) * per_group; ++c) {
-        const float go = load(grad_out + (p.n * channels + c) * p.plane + at);
-        const F* source = features + (p.n * channels + c) * height * width;
-        for_each_inside_tap(p.ph, p.pw, height, width, [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
-    }
-    M* grad = grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at;
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * p.plane, acc[tap]);  // 0 for taps outside
+    const index_t at = p.oh * width * CARAFE_S + p.ow, per_group = channels / groups;
+    mask_grads_pixel(grad_out, features, grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at, p.n,
+                     channels, height, width, p.plane, at, p.ph, p.pw, p.g * per_group, (p.g + 1) * per_group);
 }
 
 // grad_features[n, c, h, w]: gathered from every output pixel whose window reads (h, w). Output pixels
@@ -504,7 +520,7 @@ CARAFE_DEVICE bool claim_down_pixel(index_t index, index_t batch, index_t groups
 }
 
 // One thread per (batch, group, output row, output column), over a chunk of the group's channels (blockIdx.y picks
-// the chunk): the K*K mask values are read once into registers and reused by every channel.
+// the chunk).
 template <typename F, typename M>
 CARAFE_DEVICE void down_forward_pixel(const F* __restrict__ features, const M* __restrict__ masks,
                                       F* __restrict__ out, index_t batch, index_t channels, index_t height,
@@ -512,43 +528,22 @@ CARAFE_DEVICE void down_forward_pixel(const F* __restrict__ features, const M* _
     DownPixel p;
     if (!claim_down_pixel(global_thread(), batch, groups, height, width, p)) return;
     const index_t at = p.oh * down_size(width) + p.ow;
-
-    float weight[CARAFE_TAPS];
-    const M* mask = masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at;
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) weight[tap] = load(mask + tap * p.plane);
-
-    index_t first, end;
-    channel_chunk_range(p.g, channels / groups, blockIdx.y, channel_chunk, first, end);
-    for (index_t c = first; c < end; ++c) {
-        const F* source = features + (p.n * channels + c) * height * width;
-        float acc = 0.f;
-        for_each_inside_tap(p.oh * CARAFE_S, p.ow * CARAFE_S, height, width,
-                            [&](int tap, index_t at) { acc += load(source + at) * weight[tap]; });
-        store(out + (p.n * channels + c) * p.plane + at, acc);
-    }
+    reassemble_pixel(features, masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at, out, p.n, channels, height,
+                     width, groups, p.g, p.plane, at, p.oh * CARAFE_S, p.ow * CARAFE_S, channel_chunk);
 }
 
 // grad_masks[n, g*K*K + tap, oh, ow] = sum over the group's channels of grad_out * the tap's source pixel; one
-// thread per output pixel, all channels of its group: a plain sum, no atomics.
+// thread per output pixel, all channels of its group.
 template <typename F, typename M>
 CARAFE_DEVICE void down_backward_masks_pixel(const F* __restrict__ grad_out, const F* __restrict__ features,
                                              M* __restrict__ grad_masks, index_t batch, index_t channels,
                                              index_t height, index_t width, index_t groups) {
     DownPixel p;
     if (!claim_down_pixel(global_thread(), batch, groups, height, width, p)) return;
-    const index_t at = p.oh * down_size(width) + p.ow;
-
-    float acc[CARAFE_TAPS];
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) acc[tap] = 0.f;
-    const index_t per_group = channels / groups;
-    for (index_t c = p.g * per_group; c < (p.g + 1) * per_group; ++c) {
-        const float go = load(grad_out + (p.n * channels + c) * p.plane + at);
-        const F* source = features + (p.n * channels + c) * height * width;
-        for_each_inside_tap(p.oh * CARAFE_S, p.ow * CARAFE_S, height, width,
-                            [&](int tap, index_t at) { acc[tap] += go * load(source + at); });
-    }
-    M* grad = grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at;
-    for (int tap = 0; tap < CARAFE_TAPS; ++tap) store(grad + tap * p.plane, acc[tap]);  // 0 for taps outside
+    const index_t at = p.oh * down_size(width) + p.ow, per_group = channels / groups;
+    mask_grads_pixel(grad_out, features, grad_masks + (p.n * groups + p.g) * CARAFE_TAPS * p.plane + at, p.n,
+                     channels, height, width, p.plane, at, p.oh * CARAFE_S, p.ow * CARAFE_S, p.g * per_group,
+                     (p.g + 1) * per_group);
 }
 
 // grad_features[n, c, h, w]: gathered from the output pixels whose window reads (h, w). Output pixel (oh, ow) reads
