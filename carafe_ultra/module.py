@@ -9,7 +9,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from ._checks import check_divides, check_int, checked_input, is_number
-from .backends import exported_from_logits, is_exporting, masks_from_logits
+from .backends import exported_from_predictor, is_exporting, masks_from_logits
 from .functional import carafe
 
 
@@ -105,9 +105,11 @@ class CARAFE(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = checked_input(x, self.c1, "CARAFE")
         features = x if self.projection is None else self.projection(x)
-        logits = self.encoder(self.compressor(x))
-        if is_exporting():  # the export form normalises the masks in its own layout (the same values)
-            return exported_from_logits(features, logits, self.kernel_size, self.groups, self.up_factor)
+        compressed = self.compressor(x)
+        if is_exporting():  # the export form predicts and normalises the masks in its own layout (the same values)
+            return exported_from_predictor(features, compressed, self.encoder, self.kernel_size, self.groups,
+                                           self.up_factor)
+        logits = self.encoder(compressed)
         return carafe(features, masks_from_logits(logits, self.kernel_size, self.groups, self.up_factor),
                       self.kernel_size, self.groups, self.up_factor)
 

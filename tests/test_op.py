@@ -163,13 +163,26 @@ def test_export_forms_have_rank_5_tensors_at_most(form):
 @pytest.mark.parametrize("product,softmax_last", [("matmul", True), ("einsum", False)])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_export_forms_from_logits_match_the_reference(shape, product, softmax_last):
-    # What a CARAFE module records while exporting: the softmax taken in the export form's own layout.
+    # What a CARAFE module records while exporting: the encoder's channels taken taps last, the softmax in the
+    # export form's own layout.
     n, c, h, w, k, g, s = shape
     features = torch.randn(n, c, h, w, dtype=torch.float64)
     logits = torch.randn(n, g * k * k * s * s, h, w, dtype=torch.float64)
-    by_pixel = torch_backend.logits_by_pixel(logits, k, g, s, softmax_last)
+    by_pixel = torch_backend.logits_by_pixel(logits[:, torch_backend.taps_last_order(k, g, s)], k, g, s, softmax_last)
     masks = torch_backend.masks_from_logits(logits, k, g, s)
     torch.testing.assert_close(by_pixel, torch_backend.masks_by_pixel(masks, k, g, s), rtol=1e-12, atol=1e-12)
     contraction = torch.matmul if product == "matmul" else torch_backend.einsum_product
-    out = torch_backend.gathered_windows_product(features, by_pixel, k, contraction)
+    out = torch_backend.tiled_windows_product(features, by_pixel, k, g, s, contraction)
     torch.testing.assert_close(out, carafe_reference(features, masks, k, g, s), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("tile_width", [1, 2, 3, 7, 10, 16])
+@pytest.mark.parametrize("width", [1, 6, 10, 13, 20])
+def test_tiled_product_at_every_tile_width(tile_width, width):
+    # Widths that are and are not multiples of the tile (the last tile zero-padded, then cropped), tiles wider than
+    # the row, and several groups, sub-pixels and window sizes.
+    for k, g, s in ((5, 1, 2), (3, 2, 2), (7, 3, 3), (1, 1, 2)):
+        features, masks = random_inputs(2, 6, 3, width, k, g, s)
+        by_pixel = torch_backend.masks_by_pixel(masks, k, g, s)
+        out = torch_backend.tiled_windows_product(features, by_pixel, k, g, s, torch.matmul, tile_width)
+        torch.testing.assert_close(out, carafe_reference(features, masks, k, g, s), rtol=1e-10, atol=1e-10)

@@ -1,7 +1,8 @@
 """The one place that decides which implementation runs a CARAFE call.
 
-- Exports and tracing record one Gather of the windows and one batched matrix product over the taps (modules that
-  predict masks hand their logits to :func:`exported_from_logits`, which takes the softmax in that form's layout):
+- Exports and tracing record one Gather of the windows and one batched matrix product over the taps per tile of a
+  row (modules that predict masks hand their predictor to :func:`exported_from_predictor`, which orders its channels
+  and takes the softmax in that form's layout):
   ONNX export :func:`carafe_matmul` (a MatMul, fast in ONNX Runtime), every other tracing (OpenVINO, TorchScript,
   CoreML) and scripting :func:`carafe_einsum` (an Einsum, which NNCF's INT8 quantization leaves in floating point).
   Converters without Gather (NCNN's pnnx) get :func:`carafe_traceable`, the taps' multiply-adds, with a warning that
@@ -30,7 +31,8 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .choice import BACKEND_VARIABLE, backend_choice
 from .cuda_backend import SUPPORTED_DTYPES, carafe_cuda, carafe_downsample_cuda, launcher_unavailable
@@ -40,9 +42,10 @@ from .torch_backend import (
     carafe_torch,
     carafe_traceable,
     einsum_product,
-    gathered_windows_product,
     logits_by_pixel,
     masks_from_logits,
+    taps_last_order,
+    tiled_windows_product,
 )
 from .torch_downsample import carafe_downsample_torch, carafe_downsample_traceable
 
@@ -83,19 +86,25 @@ def _warn_export_once(reason: str) -> None:
     warnings.warn(f"carafe-ultra: {reason}.", stacklevel=5)
 
 
-def exported_from_logits(features: Tensor, logits: Tensor, kernel_size: int, group_size: int,
-                         scale_factor: int) -> Tensor:
-    """While exporting: CARAFE of ``features`` with the masks :func:`masks_from_logits` makes of ``logits`` (the
-    mask predictor's (N, G·k²·s², H, W) output), for modules that predict masks. The export forms skip the pixel
-    shuffle and take the softmax where their runtime computes it fastest (ONNX Runtime: taps last; OpenVINO: over the
-    channels, as the logits come); the multiply-add form gets the masks as usual."""
+def exported_from_predictor(features: Tensor, compressed: Tensor, encoder: nn.Conv2d, kernel_size: int,
+                            group_size: int, scale_factor: int) -> Tensor:
+    """While exporting: CARAFE of ``features`` with the masks a CARAFE module predicts, its ``encoder`` (whose
+    output channels are the logits, (g·k² + tap)·s² + sub-pixel) applied to the ``compressed`` input. The export
+    forms take the encoder's channels in :func:`taps_last_order` (a reordered copy of its weights, a constant in the
+    exported graph), skip the pixel shuffle and take the softmax where their runtime computes it fastest (ONNX
+    Runtime: taps last; OpenVINO: over the channels, as the logits come); the multiply-add form gets the masks as
+    usual."""
     form = _export_form()
     if form is carafe_traceable:
-        return form(features, masks_from_logits(logits, kernel_size, group_size, scale_factor), kernel_size,
-                    group_size, scale_factor)
+        masks = masks_from_logits(encoder(compressed), kernel_size, group_size, scale_factor)
+        return form(features, masks, kernel_size, group_size, scale_factor)
+    order = taps_last_order(kernel_size, group_size, scale_factor).to(encoder.weight.device)
+    bias = None if encoder.bias is None else encoder.bias[order]
+    logits = F.conv2d(compressed, encoder.weight[order], bias, encoder.stride, encoder.padding, encoder.dilation)
     onnx = form is carafe_matmul
     by_pixel = logits_by_pixel(logits, kernel_size, group_size, scale_factor, softmax_last=onnx)
-    return gathered_windows_product(features, by_pixel, kernel_size, torch.matmul if onnx else einsum_product)
+    return tiled_windows_product(features, by_pixel, kernel_size, group_size, scale_factor,
+                                 torch.matmul if onnx else einsum_product)
 
 
 def select_backend(features: Tensor, masks: Tensor, downsample: bool = False) -> Backend:
@@ -126,4 +135,4 @@ def select_backend(features: Tensor, masks: Tensor, downsample: bool = False) ->
 
 __all__ = ["BACKEND_VARIABLE", "Backend", "backend_choice", "carafe_cuda", "carafe_downsample_cuda",
            "carafe_downsample_torch", "carafe_downsample_traceable", "carafe_einsum", "carafe_matmul", "carafe_torch",
-           "carafe_traceable", "exported_from_logits", "is_exporting", "masks_from_logits", "select_backend"]
+           "carafe_traceable", "exported_from_predictor", "is_exporting", "masks_from_logits", "select_backend"]

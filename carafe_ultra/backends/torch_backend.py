@@ -12,7 +12,6 @@ downsampling's path shares). Mixed input dtypes are computed in the wider one an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -63,22 +62,22 @@ def _repeated(x: Tensor, scale: int) -> Tensor:
 
 
 def carafe_matmul(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE for ONNX export: :func:`gathered_windows_product` with the product as a batched MatMul, which ONNX
+    """CARAFE for ONNX export: :func:`tiled_windows_product` with the product as a batched MatMul, which ONNX
     Runtime runs about 4× faster than the same Einsum."""
-    return gathered_windows_product(features, masks_by_pixel(masks, kernel_size, group_size, scale_factor),
-                                    kernel_size, torch.matmul)
+    return tiled_windows_product(features, masks_by_pixel(masks, kernel_size, group_size, scale_factor), kernel_size,
+                                 group_size, scale_factor, torch.matmul)
 
 
 def carafe_einsum(features: Tensor, masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
-    """CARAFE for the other exports (OpenVINO, TorchScript, CoreML): :func:`gathered_windows_product` with the product
+    """CARAFE for the other exports (OpenVINO, TorchScript, CoreML): :func:`tiled_windows_product` with the product
     as an Einsum, which INT8 quantizers leave in floating point (NNCF quantizes MatMul inputs, and OpenVINO's CPU
     plugin then cannot compile that MatMul in bfloat16); OpenVINO runs it as fast as the MatMul."""
-    return gathered_windows_product(features, masks_by_pixel(masks, kernel_size, group_size, scale_factor),
-                                    kernel_size, einsum_product)
+    return tiled_windows_product(features, masks_by_pixel(masks, kernel_size, group_size, scale_factor), kernel_size,
+                                 group_size, scale_factor, einsum_product)
 
 
 def einsum_product(by_pixel: Tensor, windows: Tensor) -> Tensor:
-    """The batched matrix product of :func:`gathered_windows_product` as an Einsum."""
+    """The batched matrix product of :func:`tiled_windows_product` as an Einsum."""
     return torch.einsum("npgst,npgtc->npgsc", by_pixel, windows)
 
 
@@ -99,51 +98,88 @@ def masks_from_logits(logits: Tensor, kernel_size: int, group_size: int, scale_f
     return shuffled.unflatten(1, (group_size, kernel_size**2)).softmax(dim=2).flatten(1, 2)
 
 
+def taps_last_order(kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
+    """The mask predictor's output channels reordered taps last: entry (g·s² + sub-pixel)·k² + tap holds channel
+    (g·k² + tap)·s² + sub-pixel. Logits of an encoder whose output channels are taken in this order come out as
+    :func:`logits_by_pixel` reads them, with no transpose of their own."""
+    k2, sub_pixels = kernel_size**2, scale_factor**2
+    return torch.arange(group_size * k2 * sub_pixels).reshape(group_size, k2, sub_pixels).transpose(1, 2).reshape(-1)
+
+
 def logits_by_pixel(logits: Tensor, kernel_size: int, group_size: int, scale_factor: int,
                     softmax_last: bool = True) -> Tensor:
-    """The masks of :func:`masks_from_logits` in the layout of :func:`masks_by_pixel`, (N, H·W, G, s², k²), without
-    the pixel shuffle. ``softmax_last``: the softmax is taken there, over the last axis (ONNX Runtime's fast case);
-    else over the taps' axis of the logits as they come, channels first (OpenVINO's fast case)."""
+    """The masks of :func:`masks_from_logits` in the layout of :func:`masks_by_pixel`, (N, H·W, G, s², k²), from
+    logits (N, G·s²·k², H, W) whose channels are in :func:`taps_last_order`, without the pixel shuffle.
+    ``softmax_last``: the softmax is taken there, over the last axis (ONNX Runtime's fast case); else over the taps'
+    axis of the logits as they come, channels first (OpenVINO's fast case)."""
     n, _, height, width = logits.shape
     k, s, g = kernel_size, scale_factor, group_size
     if not softmax_last:
-        logits = logits.reshape(n, g, k * k, s * s * height * width).softmax(dim=2)
-    by_pixel = logits.reshape(n, g * k * k * s * s, height * width).transpose(1, 2)
-    by_pixel = by_pixel.reshape(n, height * width, g, k * k, s * s).transpose(3, 4)
+        logits = logits.reshape(n, g * s * s, k * k, height * width).softmax(dim=2)
+    by_pixel = logits.reshape(n, g * s * s * k * k, height * width).transpose(1, 2)
+    by_pixel = by_pixel.reshape(n, height * width, g, s * s, k * k)
     return by_pixel.softmax(dim=-1) if softmax_last else by_pixel
 
 
-def gathered_windows_product(features: Tensor, by_pixel: Tensor, kernel_size: int,
-                             product: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """CARAFE in standard operators (Pad, Transpose, Reshape, Gather and the batched matrix ``product``), tensors of
-    rank <= 5 with the batch on the first axis, shaped for exported graphs on CPUs (docs/exports.md measures it
-    against :func:`carafe_traceable`). ``by_pixel`` holds the masks as :func:`masks_by_pixel` lays them out.
+# Tile width of the export forms: each GEMM covers t consecutive input pixels of a row, whose windows share
+# t + k - 1 input columns. 10 divides the widths of 320/640/1280 px models' feature maps.
+TILE_WIDTH = 10
 
-    The contraction over the k² taps is one batched matrix product that reads each window once, at the input's
-    resolution: for every input pixel, its s² output pixels are (s² × k²) masks times the (k² × C/G) window, the
-    channels being the product's wide dimension. The windows come from one Gather on the zero-padded input in
-    channels-last order (a k²-times copy of the input, not of the output), and the s² results of each pixel go to
-    their places with one block transpose and one channels-last to channels-first transpose. Mixed dtypes are
-    computed in the wider one, and the result has the features' dtype. Autograd, if any, runs through the ops."""
+
+def tiled_windows_product(features: Tensor, by_pixel: Tensor, kernel_size: int, group_size: int, scale_factor: int,
+                          product: Callable[[Tensor, Tensor], Tensor], tile_width: int = TILE_WIDTH) -> Tensor:
+    """CARAFE in standard operators (Pad, Transpose, Reshape, Slice, Gather and the batched matrix ``product``),
+    tensors of rank <= 5 with the batch on the first axis, shaped for exported graphs on CPUs (docs/exports.md
+    measures it against the alternatives). ``by_pixel`` holds the masks as :func:`masks_by_pixel` lays them out.
+
+    The contraction over the k² taps is one batched matrix product per tile of t consecutive input pixels of a row:
+    their windows cover k rows of t + k - 1 input columns, so the tile's (s·t·s) output pixels are a banded
+    (s·t·s × k·(t + k - 1)) mask matrix times those k·(t + k - 1) input pixels' channels, the channels being the
+    product's wide dimension. The input is gathered once per tile (about (t + k - 1)·k / t copies of each pixel
+    instead of k² per pixel); the band is laid out by padding and reshaping (each pixel's row shifted by its place in
+    the tile). Rows whose width is no multiple of t get a zero-padded last tile, cropped from the output; the padding
+    is computed from the traced width, so ``dynamic=True`` exports hold at every size. Mixed dtypes are computed in
+    the wider one, and the result has the features' dtype. Autograd, if any, runs through the ops."""
     wide_features, by_pixel = promoted(features, by_pixel)
     n, channels, height, width = features.shape
-    _, _, g, sub_pixels, k2 = by_pixel.shape
-    k, s = kernel_size, math.isqrt(sub_pixels)
+    k, g, s, t = kernel_size, group_size, scale_factor, tile_width
     r = (k - 1) // 2
-    flat = F.pad(wide_features, (r, r, r, r)).permute(0, 2, 3, 1).reshape(n, -1, channels)  # (N, Hp·Wp, C)
-    windows = flat.index_select(1, _window_index(height, width, k, features.device))  # (N, H·W·k², C)
-    windows = windows.reshape(n, height * width, k2, g, channels // g).transpose(2, 3)  # (N, H·W, G, k², C/G)
-    out = product(by_pixel, windows).transpose(2, 3)  # (N, H·W, s², G, C/G)
-    out = out.reshape(n, height, width, s, s * channels).transpose(2, 3)  # (N, H, s, W, s·C): channels last
-    return out.reshape(n, height * s, width * s, channels).permute(0, 3, 1, 2).to(features.dtype)
+    tiles = (width + t - 1) // t
+    extra = tiles * t - width  # zero columns that complete the last tile
+    band = t + k - 1  # input columns a tile's windows cover
+    rows = g * s * s * k  # mask rows per pixel: (group, dy, dx, window row i), each of k taps j
+    blocks = n * height * tiles
+    masks = F.pad(by_pixel.reshape(n, height, width, rows, k), (0, 0, 0, 0, 0, extra))
+    masks = F.pad(masks.reshape(blocks, t, rows, k), (0, band - k))  # (blocks, u, rows, band), taps j at 0..k-1
+    # Shift pixel u's rows right by u (tap j lands on band column u + j): pad each pixel's block by t zeros and
+    # read the flattened tile with rows one element shorter.
+    block = rows * band
+    masks = F.pad(masks.reshape(blocks, t, block), (0, t)).reshape(blocks, t * (block + t))[:, : t * (block + t - 1)]
+    masks = masks.reshape(blocks, t, block + t - 1)[:, :, :block]
+    masks = masks.reshape(blocks, t, g * s, s * k * band).transpose(1, 2)  # (blocks, (g, dy), u, (dx, i, band))
+    masks = masks.reshape(n, height * tiles, g, s * t * s, k * band)
+    flat = F.pad(wide_features, (r, r + extra, r, r)).permute(0, 2, 3, 1).reshape(n, -1, channels)  # (N, Hp·Wp, C)
+    windows = flat.index_select(1, _tile_window_index(height, tiles, k, t, features.device))
+    windows = windows.reshape(n, height * tiles, k * band, g, channels // g).transpose(2, 3) if g > 1 else (
+        windows.reshape(n, height * tiles, 1, k * band, channels))  # (N, H·tiles, G, k·band, C/G)
+    out = product(masks, windows)  # (N, H·tiles, G, s·t·s, C/G)
+    if g > 1:
+        out = out.transpose(2, 3)
+    out = out.reshape(n * height, tiles, s, t * s * channels).transpose(1, 2)  # (N·H, s, tiles, t·s·C)
+    out = out.reshape(n, height * s, tiles * t * s, channels)[:, :, : width * s]  # channels last
+    return out.permute(0, 3, 1, 2).to(features.dtype)
 
 
-def _window_index(height: int, width: int, kernel_size: int, device: torch.device) -> Tensor:
-    """Positions in the flattened zero-padded (H+2r)×(W+2r) plane of each pixel's k² taps, pixel-major: (H·W·k²,)."""
-    padded_width = width + kernel_size - 1
-    pixels = (torch.arange(height, device=device) * padded_width)[:, None] + torch.arange(width, device=device)
-    taps = (torch.arange(kernel_size, device=device) * padded_width)[:, None] + torch.arange(kernel_size, device=device)
-    return (pixels.reshape(-1, 1) + taps.reshape(1, -1)).reshape(-1)
+def _tile_window_index(height: int, tiles: int, kernel_size: int, tile_width: int, device: torch.device) -> Tensor:
+    """Positions in the flattened zero-padded (H + k - 1)×(tiles·t + k - 1) plane of each tile's k×(t + k - 1) input
+    pixels, tile-major: (H·tiles·k·(t + k - 1),)."""
+    padded_width = tiles * tile_width + kernel_size - 1
+    starts = (torch.arange(height, device=device) * padded_width)[:, None] + (
+        torch.arange(tiles, device=device) * tile_width)
+    covered = (torch.arange(kernel_size, device=device) * padded_width)[:, None] + torch.arange(
+        tile_width + kernel_size - 1, device=device)
+    # Integer positions whatever the converter made of the traced tile count (Core ML's floor division is float).
+    return (starts.reshape(-1, 1) + covered.reshape(1, -1)).reshape(-1).long()
 
 
 class PyTorchPath(NamedTuple):
