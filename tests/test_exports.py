@@ -191,7 +191,7 @@ def test_safe_loading_in_a_fresh_process(model, upsampler, downsample, loaded, t
     assert unregistered.returncode != 0 and "outside the supported Ultralytics checkpoint format" in unregistered.stderr
 
 
-def test_carafe_exports_to_onnx_as_one_gather_and_one_matmul_per_layer(tmp_path):
+def test_carafe_exports_to_onnx_as_one_gather_and_two_matmuls_per_layer(tmp_path):
     import onnx
 
     model = ultralytics_model(model_yaml("yolov8n-carafe.yaml"))
@@ -199,7 +199,8 @@ def test_carafe_exports_to_onnx_as_one_gather_and_one_matmul_per_layer(tmp_path)
     graph = onnx.load(ultralytics_model(tmp_path / "carafe.pt").export(format="onnx", imgsz=64)).graph
     for layer in (10, 13):  # the CARAFE rows of yolov8.yaml
         ops = Counter(node.op_type for node in graph.node if node.name.startswith(f"/model.{layer}/"))
-        assert ops["MatMul"] == 1 and ops["Gather"] == 1, ops  # the contraction over the taps, the windows
+        # The windows' Gather, the masks' band (a product with a 0/1 constant) and the contraction over the taps.
+        assert ops["MatMul"] == 2 and ops["Gather"] == 1, ops
         assert ops["Mul"] == ops["Resize"] == 0, ops  # no tap-by-tap multiply-adds, no upsampled copy
 
 
@@ -230,7 +231,7 @@ def test_openvino_int8_export_runs_and_keeps_the_reassembly_in_floating_point(da
     core = openvino.Core()
     model = core.read_model(xml)
     einsums = [op for op in model.get_ordered_ops() if op.get_type_name() == "Einsum"]
-    assert len(einsums) == 2  # one per CARAFE layer: NNCF did not turn it into anything else
+    assert len(einsums) == 4  # two per CARAFE layer (the masks' band, the contraction): NNCF left them as they were
     for einsum in einsums:  # no FakeQuantize within two steps (reshapes, transposes) of its inputs
         sources = [i.get_source_output().get_node() for i in einsum.inputs()]
         sources += [i.get_source_output().get_node() for node in sources for i in node.inputs()]

@@ -76,9 +76,11 @@ def carafe_einsum(features: Tensor, masks: Tensor, kernel_size: int, group_size:
                                  group_size, scale_factor, einsum_product)
 
 
-def einsum_product(by_pixel: Tensor, windows: Tensor) -> Tensor:
-    """The batched matrix product of :func:`tiled_windows_product` as an Einsum."""
-    return torch.einsum("npgst,npgtc->npgsc", by_pixel, windows)
+def einsum_product(a: Tensor, b: Tensor) -> Tensor:
+    """The batched matrix products of :func:`tiled_windows_product` as Einsums, batch axes spelt out (Core ML's
+    converter takes no ellipsis of rank 3)."""
+    batch = "abcdef"[: a.dim() - 2]
+    return torch.einsum(f"{batch}ij,{batch}jk->{batch}ik", a, b)
 
 
 def masks_by_pixel(masks: Tensor, kernel_size: int, group_size: int, scale_factor: int) -> Tensor:
@@ -136,9 +138,9 @@ def tiled_windows_product(features: Tensor, by_pixel: Tensor, kernel_size: int, 
     their windows cover k rows of t + k - 1 input columns, so the tile's (s·t·s) output pixels are a banded
     (s·t·s × k·(t + k - 1)) mask matrix times those k·(t + k - 1) input pixels' channels, the channels being the
     product's wide dimension. The input is gathered once per tile (about (t + k - 1)·k / t copies of each pixel
-    instead of k² per pixel); the band is laid out by padding and reshaping (each pixel's row shifted by its place in
-    the tile). Rows whose width is no multiple of t get a zero-padded last tile, cropped from the output; the padding
-    is computed from the traced width, so ``dynamic=True`` exports hold at every size. Mixed dtypes are computed in
+    instead of k² per pixel). ``product`` lays out the band too: the masks of every tile's u-th pixel times a 0/1
+    matrix that puts tap j in column u + j. Rows whose width is no multiple of t get a zero-padded last tile, cropped
+    from the output; the padding is computed from the traced width, so ``dynamic=True`` exports hold at every size. Mixed dtypes are computed in
     the wider one, and the result has the features' dtype. Autograd, if any, runs through the ops."""
     wide_features, by_pixel = promoted(features, by_pixel)
     n, channels, height, width = features.shape
@@ -147,19 +149,18 @@ def tiled_windows_product(features: Tensor, by_pixel: Tensor, kernel_size: int, 
     tiles = (width + t - 1) // t
     extra = tiles * t - width  # zero columns that complete the last tile
     band = t + k - 1  # input columns a tile's windows cover
-    rows = g * s * s * k  # mask rows per pixel: (group, dy, dx, window row i), each of k taps j
     blocks = n * height * tiles
-    masks = F.pad(by_pixel.reshape(n, height, width, rows, k), (0, 0, 0, 0, 0, extra))
-    masks = F.pad(masks.reshape(blocks, t, rows, k), (0, band - k))  # (blocks, u, rows, band), taps j at 0..k-1
-    # Shift pixel u's rows right by u (tap j lands on band column u + j): pad each pixel's block by t zeros and
-    # read the flattened tile with rows one element shorter.
-    block = rows * band
-    masks = F.pad(masks.reshape(blocks, t, block), (0, t)).reshape(blocks, t * (block + t))[:, : t * (block + t - 1)]
-    masks = masks.reshape(blocks, t, block + t - 1)[:, :, :block]
-    masks = masks.reshape(blocks, t, g * s, s * k * band).transpose(1, 2)  # (blocks, (g, dy), u, (dx, i, band))
+    masks = F.pad(by_pixel.reshape(n, height, width, g * s * s * k * k), (0, 0, 0, extra))
+    masks = masks.reshape(blocks, t, -1).transpose(0, 1).reshape(t, blocks * g * s * s * k, k)  # (u, rows, tap j)
+    # The band: pixel u's taps j go to columns u + j, one 0/1 placement matrix per u (a constant of the graph).
+    device = features.device
+    placement = torch.arange(band, device=device) == (
+        torch.arange(t, device=device).reshape(t, 1, 1) + torch.arange(k, device=device).reshape(k, 1))
+    masks = product(masks, placement.to(masks.dtype))  # (u, rows, band), rows: (blocks, G, dy, dx, i)
+    masks = masks.reshape(t, blocks * g * s, s * k * band).transpose(0, 1)  # ((blocks, G, dy), u, (dx, i, band))
     masks = masks.reshape(n, height * tiles, g, s * t * s, k * band)
     flat = F.pad(wide_features, (r, r + extra, r, r)).permute(0, 2, 3, 1).reshape(n, -1, channels)  # (N, Hp·Wp, C)
-    windows = flat.index_select(1, _tile_window_index(height, tiles, k, t, features.device))
+    windows = flat.index_select(1, _tile_window_index(height, tiles, k, t, device))
     windows = windows.reshape(n, height * tiles, k * band, g, channels // g).transpose(2, 3) if g > 1 else (
         windows.reshape(n, height * tiles, 1, k * band, channels))  # (N, H·tiles, G, k·band, C/G)
     out = product(masks, windows)  # (N, H·tiles, G, s·t·s, C/G)
