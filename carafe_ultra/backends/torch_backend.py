@@ -140,8 +140,9 @@ def tiled_windows_product(features: Tensor, by_pixel: Tensor, kernel_size: int, 
     product's wide dimension. The input is gathered once per tile (about (t + k - 1)·k / t copies of each pixel
     instead of k² per pixel). ``product`` lays out the band too: the masks of every tile's u-th pixel times a 0/1
     matrix that puts tap j in column u + j. Rows whose width is no multiple of t get a zero-padded last tile, cropped
-    from the output; the padding is computed from the traced width, so ``dynamic=True`` exports hold at every size. Mixed dtypes are computed in
-    the wider one, and the result has the features' dtype. Autograd, if any, runs through the ops."""
+    from the output; the padding is computed from the traced width, so ``dynamic=True`` exports hold at every size.
+    Mixed dtypes are computed in the wider one, and the result has the features' dtype. Autograd, if any, runs
+    through the ops."""
     wide_features, by_pixel = promoted(features, by_pixel)
     n, channels, height, width = features.shape
     k, g, s, t = kernel_size, group_size, scale_factor, tile_width
