@@ -16,9 +16,16 @@ SHAPES = [
 
 def random_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch.float64, requires_grad=False):
     """Features and softmax-normalised masks for one CARAFE call."""
+    return _features_and_masks(n, channels, height, width, kernel, groups, (height * scale, width * scale), dtype,
+                               requires_grad)
+
+
+def _features_and_masks(n, channels, height, width, kernel, groups, masks_size, dtype, requires_grad):
+    """Features (n, channels, height, width) and masks (n, groups·kernel², *masks_size), each group's taps
+    softmax-normalised."""
     features = torch.randn(n, channels, height, width, dtype=dtype)
-    logits = torch.randn(n, groups, kernel * kernel, height * scale, width * scale, dtype=dtype)
-    masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, height * scale, width * scale)
+    logits = torch.randn(n, groups, kernel * kernel, *masks_size, dtype=dtype)
+    masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, *masks_size)
     return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)
 
 
@@ -38,8 +45,5 @@ DOWN_SHAPES = [
 
 def random_down_inputs(n, channels, height, width, kernel, groups, scale, dtype=torch.float64, requires_grad=False):
     """Features and softmax-normalised masks for one CARAFE++ downsampling call."""
-    out_h, out_w = -(-height // scale), -(-width // scale)
-    features = torch.randn(n, channels, height, width, dtype=dtype)
-    logits = torch.randn(n, groups, kernel * kernel, out_h, out_w, dtype=dtype)
-    masks = logits.softmax(dim=2).reshape(n, groups * kernel * kernel, out_h, out_w)
-    return features.requires_grad_(requires_grad), masks.requires_grad_(requires_grad)
+    return _features_and_masks(n, channels, height, width, kernel, groups, (-(-height // scale), -(-width // scale)),
+                               dtype, requires_grad)

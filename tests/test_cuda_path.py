@@ -64,11 +64,15 @@ def path(request, shim, monkeypatch):
         yield device, launcher
 
 
-def inputs(shape, device, feature_dtype=torch.float32, mask_dtype=torch.float32, requires_grad=True):
-    n, c, h, w, k, g, s = shape
-    features, masks = random_inputs(n, c, h, w, k, g, s)
+def inputs(shape, device, feature_dtype=torch.float32, mask_dtype=torch.float32, requires_grad=True,
+           make=random_inputs):
+    features, masks = make(*shape)
     return (features.to(device, feature_dtype).requires_grad_(requires_grad),
             masks.to(device, mask_dtype).requires_grad_(requires_grad))
+
+
+def down_inputs(shape, device, feature_dtype=torch.float32, mask_dtype=torch.float32, requires_grad=True):
+    return inputs(shape, device, feature_dtype, mask_dtype, requires_grad, make=random_down_inputs)
 
 
 def test_dispatches_to_the_kernels(path):
@@ -99,30 +103,38 @@ def test_every_dtype_pair_matches_the_reference_without_conversions(path, shape,
     assert launcher.dtypes[-3] == (dtypes[0], dtypes[1], dtypes[0])  # the real forward, after the check
 
 
-def test_gradients_nobody_asked_for_are_not_computed(path):
+# Each operation: the op, its inputs, the prefix of its kernels' launch names, and a shape for second-order gradients.
+OPERATIONS = {"upsampling": (carafe, inputs, "", (2, 4, 3, 5, 3, 2, 2)),
+              "downsampling": (carafe_downsample, down_inputs, "down_", (2, 4, 7, 5, 3, 2, 2))}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_gradients_nobody_asked_for_are_not_computed(path, operation):
     device, launcher = path
-    features, masks = inputs(SHAPES[0], device)
-    carafe(features, masks.detach(), 3, 1, 2).sum().backward()  # warms up (first-use check) too
+    op, make_inputs, prefix, _ = OPERATIONS[operation]
+    features, masks = make_inputs((2, 4, 5, 7, 3, 1, 2), device)
+    op(features, masks.detach(), 3, 1, 2).sum().backward()  # warms up (first-use check) too
     launcher.launches.clear()
-    carafe(features, masks.detach(), 3, 1, 2).sum().backward()
-    assert launcher.launches == {"forward": 1, "backward_features": 1}
+    op(features, masks.detach(), 3, 1, 2).sum().backward()
+    assert launcher.launches == {f"{prefix}forward": 1, f"{prefix}backward_features": 1}
     launcher.launches.clear()
-    carafe(features.detach(), masks, 3, 1, 2).sum().backward()
-    assert launcher.launches == {"forward": 1, "backward_masks": 1}
+    op(features.detach(), masks, 3, 1, 2).sum().backward()
+    assert launcher.launches == {f"{prefix}forward": 1, f"{prefix}backward_masks": 1}
 
 
-def test_second_order_gradients_match_the_pytorch_path(path):
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_second_order_gradients_match_the_pytorch_path(path, operation):
     device, _ = path
-    shape = (2, 4, 3, 5, 3, 2, 2)
+    op, make_inputs, _, shape = OPERATIONS[operation]
     results = []
     for backend in ("auto", "torch"):
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv(BACKEND_VARIABLE, backend)
             torch.manual_seed(1)
-            features, masks = inputs(shape, device)
-            grad_out = torch.randn(2, 4, 6, 10, device=device, requires_grad=True)
+            features, masks = make_inputs(shape, device)
+            out = op(features, masks, 3, 2, 2)
+            grad_out = torch.randn_like(out, requires_grad=True)
             a, b = torch.randn_like(features), torch.randn_like(masks)
-            out = carafe(features, masks, 3, 2, 2)
             grad_features, grad_masks = torch.autograd.grad(out, (features, masks), grad_out, create_graph=True)
             loss = (grad_features * a).sum() + (grad_masks * b).sum()
             results.append(torch.autograd.grad(loss, (features, masks, grad_out)))
@@ -304,12 +316,6 @@ def test_cupy_launcher_names_the_step_that_failed(raised, kind, monkeypatch):
 # CARAFE++ downsampling: the same path, with its own ops and its own first-use check per specialisation.
 
 
-def down_inputs(shape, device, feature_dtype=torch.float32, mask_dtype=torch.float32, requires_grad=True):
-    features, masks = random_down_inputs(*shape)
-    return (features.to(device, feature_dtype).requires_grad_(requires_grad),
-            masks.to(device, mask_dtype).requires_grad_(requires_grad))
-
-
 def test_downsampling_dispatches_to_its_kernels(path):
     device, _ = path
     features, masks = down_inputs(DOWN_SHAPES[0], device, torch.float16, torch.float32)
@@ -336,36 +342,6 @@ def test_downsampling_matches_the_reference_without_conversions(path, shape, dty
         torch.testing.assert_close(got.cpu().double(), expected.detach(), rtol=tol, atol=tol)
     assert launcher.dtypes[-3] == (dtypes[0], dtypes[1], dtypes[0])  # the real forward, after the check
     assert {name for name in launcher.launches} == {"down_forward", "down_backward_masks", "down_backward_features"}
-
-
-def test_downsampling_gradients_nobody_asked_for_are_not_computed(path):
-    device, launcher = path
-    features, masks = down_inputs(DOWN_SHAPES[0], device)
-    carafe_downsample(features, masks.detach(), 3, 1, 2).sum().backward()  # warms up (first-use check) too
-    launcher.launches.clear()
-    carafe_downsample(features, masks.detach(), 3, 1, 2).sum().backward()
-    assert launcher.launches == {"down_forward": 1, "down_backward_features": 1}
-    launcher.launches.clear()
-    carafe_downsample(features.detach(), masks, 3, 1, 2).sum().backward()
-    assert launcher.launches == {"down_forward": 1, "down_backward_masks": 1}
-
-
-def test_downsampling_second_order_gradients_match_the_pytorch_path(path):
-    device, _ = path
-    results = []
-    for backend in ("auto", "torch"):
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv(BACKEND_VARIABLE, backend)
-            torch.manual_seed(1)
-            features, masks = down_inputs((2, 4, 7, 5, 3, 2, 2), device)
-            grad_out = torch.randn(2, 4, 4, 3, device=device, requires_grad=True)
-            a, b = torch.randn_like(features), torch.randn_like(masks)
-            out = carafe_downsample(features, masks, 3, 2, 2)
-            grad_features, grad_masks = torch.autograd.grad(out, (features, masks), grad_out, create_graph=True)
-            loss = (grad_features * a).sum() + (grad_masks * b).sum()
-            results.append(torch.autograd.grad(loss, (features, masks, grad_out)))
-    for kernels, reference in zip(*results):
-        torch.testing.assert_close(kernels, reference, rtol=1e-4, atol=1e-4)
 
 
 def test_downsampling_opcheck_and_fake_shapes(path):
