@@ -13,9 +13,9 @@ from ultralytics.nn.modules import Conv
 from ultralytics.utils.torch_utils import get_num_params
 
 from carafe_ultra import CARAFE, CARAFEDown, convert_yaml, model_yaml
-from carafe_ultra.experiments.export_parity import match_detections
 from carafe_ultra.integration import ultralytics_model
-from tests.ultralytics_helpers import COMMON, SHIPPED_BOTH, STOCK_MODELS, output_shapes, tiny_dataset
+from tests.ultralytics_helpers import (COMMON, SHIPPED_BOTH, STOCK_MODELS, assert_same_queries, output_shapes,
+                                      tiny_dataset)
 
 
 def strided_neck_convs(path):
@@ -101,6 +101,4 @@ def test_python_api_rtdetr_with_both_swaps_trains_and_exports_to_onnx(data, tmp_
     onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         expected = RTDETR(best).model.float().eval().fuse()(x)[0].numpy()
-    # Queries of equal score may come in either order: compare them as sets.
-    box, score = match_detections(expected[0], onnx_out[0])
-    assert box <= 1e-3 and score <= 1e-3
+    assert_same_queries(expected[0], onnx_out[0])

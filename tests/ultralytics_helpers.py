@@ -5,10 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import ultralytics
 
 from carafe_ultra.experiments.data import ShapesSpec, shapes_dataset
+from carafe_ultra.experiments.export_parity import confident_rows, match_detections
 
 # A detection set small enough to train on for an epoch in seconds.
 TINY_SHAPES = ShapesSpec(train_images=8, val_images=4, image_size=64, objects=(2, 5), object_size=(8, 20))
@@ -65,3 +67,10 @@ def output_shapes(output):
         return []
     items = output.values() if isinstance(output, dict) else output
     return [shape for item in items for shape in output_shapes(item)]
+
+
+def assert_same_queries(want: np.ndarray, got: np.ndarray) -> None:
+    """RT-DETR's raw outputs (queries, normalised box + class scores) of two runtimes hold the same queries within
+    1e-3, in any order: queries of equal score may come in either order."""
+    matched = match_detections(*(confident_rows(rows, 1, min_score=0.0) for rows in (want, got)))
+    assert matched is not None and max(matched) <= 1e-3, matched

@@ -58,12 +58,12 @@ def match_detections(want: np.ndarray, got: np.ndarray) -> tuple[float, float] |
     return box, score
 
 
-def confident_rows(decoded: np.ndarray, imgsz: int) -> np.ndarray:
+def confident_rows(decoded: np.ndarray, imgsz: int, min_score: float = 0.5) -> np.ndarray:
     """RT-DETR's raw output (queries, 4 normalised box values + class scores) as rows of box in pixels, score and
-    class, for the queries that detect with a score of at least 0.5."""
+    class, for the queries that detect with a score of at least ``min_score``."""
     scores = decoded[:, 4:]
     rows = np.concatenate([decoded[:, :4] * imgsz, scores.max(1, keepdims=True), scores.argmax(1)[:, None]], 1)
-    return rows[rows[:, 4] >= 0.5]
+    return rows[rows[:, 4] >= min_score]
 
 
 def exported_parity(model: str, fmt: str, device: torch.device, folder: Path, imgsz: int,
