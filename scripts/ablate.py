@@ -4,8 +4,10 @@
     python scripts/ablate.py --arms nearest carafe bilinear convtranspose dysample --seeds 0 1 2
     python scripts/ablate.py --model rtdetr-l.yaml --data coco.yaml --epochs 72 --imgsz 640 --batch 16 --device 0
 
-Writes summary.json, summary.md and summary.png into --out. Interrupt it at any time: a re-run skips the
-(arm, seed) runs that already finished. The same as ``python -m carafe_ultra ablate``.
+Writes summary.json, summary.md and summary.png into --out. Interrupt it at any time: the same command again skips
+the (arm, seed) runs that finished and resumes the others exactly where they stopped (at most the epoch in flight is
+lost); other settings on the same --out are refused (--restart starts it over). The same as
+``python -m carafe_ultra ablate``.
 """
 
 import sys

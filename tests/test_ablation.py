@@ -1,8 +1,10 @@
 """The ablation: arm YAMLs for any family, a tiny end-to-end run with every arm, resuming, the report."""
 
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,11 +14,13 @@ from ultralytics.nn.tasks import DetectionModel
 
 from carafe_ultra import CARAFE, EUCB, CARAFEDown, DySample, convert_yaml, model_yaml
 from carafe_ultra.experiments import ablation
+from carafe_ultra.experiments.settings_record import SettingsChanged, check_same_experiment
 from carafe_ultra.experiments.ablation import (
     Settings,
     _weights_taken,
     _with_mask_lr_scale,
     default_data,
+    experiment_record,
     latencies_ms,
     latency_device,
     pretrained_base,
@@ -175,8 +179,10 @@ def test_pretrained_base_is_trained_once_and_cached(tmp_path, data, monkeypatch)
     settings = tiny(tmp_path, None, pretrain_epochs=1, arms=["nearest", "carafe"])
     messages = []
     run_ablation(settings, log=messages.append)
-    assert any("base model: training yolov8n.yaml (nearest) for 1 epochs" in m for m in messages)
-    (base,) = (tmp_path / "cache" / "bases").glob("yolov8n-*/weights/best.pt")
+    assert any("base model: training yolov8n.yaml (nearest) for 1 epochs on other generated data, started" in m
+               for m in messages)
+    (base,) = (tmp_path / "cache" / "bases").glob("yolov8n-*/base.pt")
+    assert not (base.parent / "training").exists()  # only the finished base is kept
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["settings"]["weights"] == str(base) and summary["settings"]["pretrain_epochs"] == 1
     assert all(a["weights_taken"][0] > 300 for a in summary["arms"])
@@ -261,3 +267,132 @@ def test_latencies_are_timed_on_the_first_device_of_an_ultralytics_device_string
     assert set(ms) == {"small", "large"} and 0 < ms["small"] < ms["large"]
     if torch.cuda.is_available():
         assert latencies_ms({"small": small}, 32, latency_device("0"), repeats=2)["small"] > 0
+
+
+# --- checked before anything runs ------------------------------------------------------------------------------------
+
+
+def data_variant(data: str, folder: Path, extra: str = "", labels: str = "labels") -> str:
+    """A data YAML over the tiny set's images with ``extra`` keys, its label files in ``labels`` (copied, or as
+    polygons with ``labels="polygons"``, or none with ``labels=None``)."""
+    source = Path(data).parent
+    root = folder / f"{labels}-{abs(hash(extra))}"
+    for split in ("train", "val"):
+        if not (root / "images" / split).exists():
+            shutil.copytree(source / "images" / split, root / "images" / split)
+        if labels is None:
+            continue
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for label in (source / "labels" / split).glob("*.txt"):
+            rows = [row.split() for row in label.read_text().splitlines() if row.strip()]
+            if labels == "polygons":  # each box as its four corners
+                rows = [[c, f"{float(x) - float(w) / 2:.4f}", f"{float(y) - float(h) / 2:.4f}",
+                         f"{float(x) + float(w) / 2:.4f}", f"{float(y) - float(h) / 2:.4f}",
+                         f"{float(x) + float(w) / 2:.4f}", f"{float(y) + float(h) / 2:.4f}",
+                         f"{float(x) - float(w) / 2:.4f}", f"{float(y) + float(h) / 2:.4f}"] for c, x, y, w, h in rows]
+            (root / "labels" / split / label.name).write_text("".join(" ".join(row) + "\n" for row in rows))
+    names = "\n".join(f"  {i}: c{i}" for i in range(5))
+    (root / "data.yaml").write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{names}\n{extra}")
+    return str(root / "data.yaml")
+
+
+@pytest.mark.parametrize("model,extra,labels,message", [
+    ("yolov8n.yaml", "kpt_shape: [17, 3]\n", "labels", "is pose data \\(it has kpt_shape\\), but yolov8n.yaml is a "
+                                                        "detect model: it trains on YOLO label files with boxes"),
+    ("yolov8n.yaml", "masks_dir: masks\n", None, "is semantic data \\(it has masks_dir\\), but yolov8n.yaml is a "
+                                                 "detect model"),
+    ("yolov8n.yaml", "depth_scale: 1000\n", None, "is depth data \\(it has depth_scale\\)"),
+    ("yolov8n.yaml", "", None, "no YOLO label files \\(labels/.../\\*.txt\\) beside its training images, which a "
+                               "detect model trains on \\(yolov8n.yaml\\); is it data for another task\\?"),
+    ("yolov8n-seg.yaml", "", "labels", "labels boxes only, but yolov8n-seg.yaml is an instance-segmentation model: "
+                                       "it trains on polygon labels"),
+    ("yolov8n-pose.yaml", "", "labels", "has no kpt_shape, but yolov8n-pose.yaml is a pose model"),
+])
+def test_data_of_another_task_than_the_model_is_refused(model, extra, labels, message, data, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        Settings(model=model, data=data_variant(data, tmp_path, extra, labels))
+
+
+@pytest.mark.parametrize("model,labels", [("yolov8n.yaml", "labels"), ("yolov8n.yaml", "polygons"),
+                                          ("yolov8n-seg.yaml", "polygons")])
+def test_data_of_the_models_task_is_taken(model, labels, data, tmp_path):
+    assert Settings(model=model, data=data_variant(data, tmp_path, labels=labels)).data.endswith("data.yaml")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("train: [unclosed\nval: x\n", "YAML syntax error in"),
+    ("just a string\n", "is not a valid YAML mapping"),
+    ("train: images/train\nval: images/val\nnames: {0: a}\n", "images not found, missing path"),
+])
+def test_unreadable_data_is_refused_before_anything_runs(content, message, tmp_path, capsys):
+    (tmp_path / "data.yaml").write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        ablation_command(["--data", str(tmp_path / "data.yaml"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_data_yaml_stops_the_script_before_any_folder_is_made(tmp_path):
+    script = Path(__file__).parents[1] / "scripts" / "ablate.py"
+    run = subprocess.run([sys.executable, str(script), "--data", "/nonexistent/data.yaml", "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+    assert run.returncode == 2 and errors == [
+        "python -m carafe_ultra ablate: error: --data /nonexistent/data.yaml: '/nonexistent/data.yaml' does not exist"]
+    assert not (tmp_path / "o").exists()
+
+
+def ablation_command(arguments: list[str]) -> None:
+    from carafe_ultra.__main__ import main
+
+    main(["ablate", *arguments])
+
+
+# --- one experiment per folder ---------------------------------------------------------------------------------------
+
+
+def test_a_rerun_with_other_settings_stops_naming_each_and_both_values(tmp_path, data, capsys):
+    weights = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for number, path in enumerate(weights):
+        path.write_bytes(bytes([number]) * 100)
+    started = tiny(tmp_path, data, weights=str(weights[0]), arms=["nearest", "carafe"])
+    check_same_experiment(started.out, experiment_record(started))
+    weights[0].rename(tmp_path / "moved.pt")  # the same weights elsewhere are the same experiment
+    check_same_experiment(started.out, experiment_record(replace(started, weights=str(tmp_path / "moved.pt"),
+                                                                 jobs=2, workers=1, seeds=[0, 1, 2])))
+    with pytest.raises(SystemExit) as exit_info:
+        ablation_command(["--data", data, "--epochs", "3", "--imgsz", "64", "--batch", "4", "--lr0", "0.01", "--weights",
+                          str(weights[1]), "--arms", "nearest", "carafe", "dysample", "--out", started.out])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    digests = [experiment_record(replace(started, weights=str(path)))["weights"]
+               for path in (tmp_path / "moved.pt", weights[1])]
+    for line in ("--epochs: 1 when started, 3 now", "--lr0: 0.003 when started, 0.01 now",
+                 f"--weights: {digests[0]} when started, {digests[1]} now"):
+        assert f"\n  {line}" in error, error
+    assert "give --restart to delete its runs and start it over" in error and "\n  --arms" not in error
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained
+    options = replace(started, weights=None, arms=["carafe:kernel_size=3"])  # the arms' definitions are recorded too
+    recorded = experiment_record(options)
+    recorded["arms"]["carafe:kernel_size=3"]["compressed_channels"] = 32  # as if a release changed a default
+    check_same_experiment(tmp_path / "arms", recorded)
+    with pytest.raises(SettingsChanged, match=r"--arms carafe:kernel_size=3: upsampler=carafe, kernel_size=3, .*"
+                                              r"compressed_channels=32, .* when started, .*compressed_channels=64"):
+        check_same_experiment(tmp_path / "arms", experiment_record(options))
+
+
+def test_restart_starts_the_folder_over(tmp_path, data, capsys):
+    arguments = ["--data", data, "--imgsz", "64", "--batch", "4", "--workers", "0", "--seeds", "0", "--arms", "nearest",
+                 "--out", str(tmp_path / "out")]
+    ablation_command(["--epochs", "1", *arguments])
+    first = json.loads((tmp_path / "out" / "runs" / "nearest-seed0" / "result.json").read_text())
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        ablation_command(["--epochs", "2", *arguments])
+    ablation_command(["--epochs", "2", "--restart", *arguments])
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["epochs"] == 2
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["settings"]["epochs"] == 2
+    again = json.loads((tmp_path / "out" / "runs" / "nearest-seed0" / "result.json").read_text())
+    assert again["train_seconds"] != first["train_seconds"]
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"  # only the ablation's own files went
+    assert "already finished" not in capsys.readouterr().out

@@ -155,6 +155,11 @@ def test_module_wrong_input_channels():
         (["ablate", "--device", "0,1", "--jobs", "4"], r"--jobs 4 with 1 GPU\(s\) per run needs 4 GPUs; --device '0,1'"),
         (["ablate", "--gpus-per-run", "0"], "gpus_per_run must be a positive int, got 0"),
         (["ablate", "--report", "--out", "/nonexistent/ablation"], "no run of this ablation has finished in"),
+        (["ablate", "--data", "/nonexistent/data.yaml"], "--data /nonexistent/data.yaml: '/nonexistent/data.yaml' does "
+                                                         "not exist"),
+        (["ablate", "--restart", "--report"], "--restart deletes the runs of --out: give it without --report"),
+        (["ablate", "--restart", "--shard", "0/2"], "--restart deletes .*with shards clear the folder once"),
+        (["ablate", "--ray-retries", "-1"], "ray_retries must be an int >= 0, got -1"),
         (["gpu-check", "--stages", "everything"], "argument --stages: invalid choice: 'everything'"),
         (["benchmark", "--repeats", "0"], "--repeats must be a positive int, got 0"),
         (["benchmark", "--export", "--model", "nosuch.yaml"], "no model YAML 'nosuch.yaml'"),

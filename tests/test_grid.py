@@ -6,12 +6,16 @@ import functools
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from carafe_ultra.experiments import ablation, grid
+from carafe_ultra.experiments import ablation, grid, resume
 from carafe_ultra.experiments.ablation import GridIncomplete, Settings, run_ablation, write_report
 from tests import grid_probe
 from tests.ultralytics_helpers import tiny_dataset
@@ -83,6 +87,30 @@ def test_jobs_give_each_run_gpus_of_its_own(tmp_path, jobs, per_run, seen):
     assert len({r["pid"] for r in runs.values()}) == jobs and {r["threads"] for r in runs.values()} == {max(1, os.cpu_count() // jobs)}
 
 
+def test_parallel_jobs_killed_mid_training_resume_where_they_stopped(data, tmp_path):
+    # A power cut: the ablation and its worker processes all die at once; the same command resumes both runs.
+    arguments = [sys.executable, str(ROOT / "scripts" / "ablate.py"), "--data", data, "--epochs", "4", "--imgsz", "64",
+                 "--batch", "4", "--workers", "0", "--seeds", "0", "--arms", "nearest", "carafe", "--jobs", "2"]
+    subprocess.run([*arguments, "--out", str(tmp_path / "whole")], check=True, capture_output=True, timeout=600)
+    first = subprocess.Popen([*arguments, "--out", str(tmp_path / "cut")], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = [tmp_path / "cut" / "runs" / f"{arm}-seed0" for arm in ("nearest", "carafe")]
+    deadline = time.monotonic() + 600
+    while not all(resume.checkpoint_path(run).is_file() for run in runs):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    kept = {run.name: resume.completed_epochs(run) for run in runs}
+    assert all(epochs in (1, 2, 3) for epochs in kept.values()), kept
+    again = subprocess.run([*arguments, "--out", str(tmp_path / "cut")], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for run in runs:
+        arm = run.name.removesuffix("-seed0")
+        assert f"{arm} (seed 0): resumed from epoch {kept[run.name]}" in again.stdout
+        assert same_weights(tmp_path / "whole" / "runs" / run.name, run), arm
+
+
 def test_a_worker_that_dies_fails_its_run_and_its_slot_goes_on(tmp_path):
     settings = tiny(tmp_path, None, jobs=2, seeds=[0, 1], shard="0/1")
     with pytest.raises(GridIncomplete, match=r"carafe seed 0: BrokenProcessPool"):
@@ -91,19 +119,27 @@ def test_a_worker_that_dies_fails_its_run_and_its_slot_goes_on(tmp_path):
     assert set(probes(tmp_path)) == {"nearest-0", "nearest-1", "carafe-1"}
 
 
-def test_console_shows_each_finished_epoch(tmp_path):
-    folder = tmp_path / "run"
-    folder.mkdir()
+def test_console_shows_each_start_and_each_finished_epoch(tmp_path):
+    folders = {("carafe", 0): tmp_path / "carafe", ("nearest", 0): tmp_path / "nearest"}
+    for folder in folders.values():
+        folder.mkdir()
     lines = []
-    progress = grid.Progress(lambda run: folder, 3, lines.append)
-    progress.poll([("carafe", 0)])
-    (folder / "results.csv").write_text("epoch,time,train/box_loss,train/cls_loss\n1,2.0,1.5,2.25\n")
-    progress.poll([("carafe", 0)])
-    progress.poll([("carafe", 0)])  # nothing new
-    with open(folder / "results.csv", "a") as csv:
+    progress = grid.Progress(folders.__getitem__, 3, lines.append, completed={("nearest", 0): 1})
+    (folders["nearest", 0] / "results.csv").write_text("epoch,time,train/box_loss\n1,2.0,1.0\n2,4.0,0.5\n")
+    progress.poll(list(folders))  # not started: nothing to say yet
+    progress.started(("carafe", 0))
+    progress.started(("nearest", 0))  # its first epoch came from an earlier attempt; its second row is new
+    progress.started(("carafe", 0))  # once only
+    progress.poll(list(folders))
+    (folders["carafe", 0] / "results.csv").write_text("epoch,time,train/box_loss,train/cls_loss\n1,2.0,1.5,2.25\n")
+    progress.poll(list(folders))
+    progress.poll(list(folders))  # nothing new
+    with open(folders["carafe", 0] / "results.csv", "a") as csv:
         csv.write("2,4.0,1.25,2\n")
-    progress.poll([("carafe", 0)])
-    assert lines == ["carafe (seed 0): epoch 1/3, box_loss 1.500, cls_loss 2.250",
+    progress.poll(list(folders))
+    assert lines == ["carafe (seed 0): started", "nearest (seed 0): resumed from epoch 1",
+                     "nearest (seed 0): epoch 2/3, box_loss 0.500",
+                     "carafe (seed 0): epoch 1/3, box_loss 1.500, cls_loss 2.250",
                      "carafe (seed 0): epoch 2/3, box_loss 1.250, cls_loss 2.000"]
 
 
@@ -141,7 +177,8 @@ def test_report_names_the_runs_still_missing(local_grid, data):
     assert summary["missing"] == ["nearest seed 1", "carafe seed 1"]
     assert [a["upsampler"] for a in summary["arms"]] == ["nearest", "carafe"]
     text = (local_grid / "summary.md").read_text()
-    assert "Missing runs (failed or not run yet; a re-run trains only these): nearest seed 1, carafe seed 1." in text
+    assert ("Missing runs (failed or not run yet; a re-run trains only these, resuming where they stopped): nearest "
+            "seed 1, carafe seed 1.") in text
     assert re.search(r"every arm on .+ \(\d+ threads?\)\.", text)  # the device the latencies were timed on
     assert json.loads((local_grid / "runs" / "costs.json").read_text())["device"] == summary["latency_device"]
 
@@ -203,6 +240,35 @@ def test_a_ray_grid_gives_exactly_the_numbers_of_the_local_grid(ray_cluster, loc
         assert (tmp_path / "runs" / f"{spec}-seed0.log").stat().st_size > 0  # the task's output went to its log
     assert [a["upsampler"] for a in summary["arms"]] == ["nearest", "carafe"]
     assert not list((tmp_path / "runs").glob(".driver-*"))  # the marker for shared storage is gone
+
+
+def same_weights(one: Path, other: Path) -> bool:
+    want, got = (torch.load(f / "weights" / "best.pt", weights_only=False)["model"].state_dict() for f in (one, other))
+    return want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_ray_task_whose_worker_dies_is_retried_and_resumes_its_run(ray_cluster, data, tmp_path):
+    whole = tiny(tmp_path / "whole", data, epochs=3, arms=["carafe"])
+    expected = run_ablation(whole, log=lambda line: None)["arms"][0]
+    settings = tiny(tmp_path / "ray", data, epochs=3, arms=["carafe"], ray="local", cpus_per_run=os.cpu_count())
+    dying = functools.partial(grid_probe.die_once_after_an_epoch, ("carafe", 0), str(tmp_path / "killed"), settings,
+                              None)
+    summary = run_ablation(settings, log=lambda line: None, task=dying)["arms"][0]
+    assert (tmp_path / "killed").exists()  # the first attempt's worker process was killed
+    log = (tmp_path / "ray" / "runs" / "carafe-seed0.log").read_text()
+    assert "Resuming training" in log and "from epoch 2 to 3 total epochs" in log  # the retry, from the checkpoint
+    accuracy = [{k: v for k, v in arm.items() if k.startswith("mAP")} for arm in (expected, summary)]
+    assert accuracy[0] == accuracy[1]
+    assert same_weights(tmp_path / "whole" / "runs" / "carafe-seed0", tmp_path / "ray" / "runs" / "carafe-seed0")
+
+
+def test_ray_retries_are_bounded(ray_cluster, data, tmp_path):
+    settings = tiny(tmp_path, data, epochs=3, arms=["carafe"], ray="local", cpus_per_run=os.cpu_count(), ray_retries=0)
+    dying = functools.partial(grid_probe.die_once_after_an_epoch, ("carafe", 0), str(tmp_path / "killed"), settings,
+                              None)
+    with pytest.raises(GridIncomplete, match="carafe seed 0: The worker died unexpectedly while executing this task"):
+        run_ablation(settings, log=lambda line: None, task=dying)
+    assert resume.completed_epochs(tmp_path / "runs" / "carafe-seed0") == 1  # kept for the re-run to resume
 
 
 def test_a_ray_task_that_cannot_see_out_fails_with_that_message(ray_cluster, tmp_path):

@@ -4,8 +4,10 @@ accuracy and cost. ``python -m carafe_ultra ablate`` and ``scripts/ablate.py`` a
 Seeds pair the arms: a seed fixes the data order and every augmentation draw (Ultralytics seeds its loaders from
 it), so arm A and arm B with the same seed see the same batches and differ only in their upsampler (and in the
 initial weights the upsampler's own parameters consume). The report compares arms through these seed-paired
-differences. Each (arm, seed) run lives in ``<out>/runs/<arm>-seed<seed>`` and ends by writing ``result.json``
-there, so an interrupted ablation re-run skips what already finished.
+differences. Each (arm, seed) run lives in ``<out>/runs/<arm>-seed<seed>``: it keeps the checkpoint of its last
+completed epoch there (:mod:`.resume`) and ends by writing ``result.json``, so a re-run of an interrupted ablation
+skips what finished and resumes the rest exactly where they stopped. A folder holds one experiment: a command whose
+settings differ from those it was started with stops before anything runs (:mod:`.settings_record`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import ast
 import copy
 import functools
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -22,7 +25,6 @@ import shutil
 import socket
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -35,7 +37,10 @@ from ..downsample import CARAFEDown
 from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
 from ..yamls import convert_yaml
-from . import grid
+from . import grid, resume
+from .atomic import replaced_atomically, write_text_atomically
+from .data_check import check_data
+from .settings_record import RECORD, SettingsChanged, check_same_experiment
 from .timing import interleaved_seconds, synchronizer
 
 DEFAULT_ARMS = ("nearest", "carafe")
@@ -67,6 +72,7 @@ class Settings:
     ray: str | None = None  # run each (arm, seed) as a Ray task: "local", "auto" or a cluster address
     cpus_per_run: int | None = None  # Ray: CPUs each task asks for (default: its data loader workers + 1, as fits)
     ray_timeout: float = 600.0  # Ray: seconds tasks may wait to start with none of the grid's runs running
+    ray_retries: int = 3  # Ray: times a task whose worker or node died is run again (each resuming its run)
     shard: str | None = None  # "I/N": run only every N-th run of the grid, from the I-th (for job arrays)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
@@ -98,10 +104,14 @@ class Settings:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not (is_number(self.ray_timeout) and self.ray_timeout > 0):
             raise ValueError(f"ray_timeout must be a positive number of seconds, got {self.ray_timeout!r}")
+        if not isinstance(self.ray_retries, int) or isinstance(self.ray_retries, bool) or self.ray_retries < 0:
+            raise ValueError(f"ray_retries must be an int >= 0, got {self.ray_retries!r}")
         if self.shard is not None:
             grid.parse_shard(self.shard)
         if self.ray is None:
             grid.device_slots(self.device, self.jobs, self.gpus_per_run)  # the GPUs must go round, before training
+        if self.data is not None:
+            check_data(self.data, self.model)  # missing, unreadable or of another task: before any folder is made
 
 
 # Arms with CARAFE++'s downsampling swap (the neck's strided Convs as CARAFEDown), by name: the upsampler they keep.
@@ -126,6 +136,15 @@ class Arm:
     def folder(self) -> str:
         """The spec as a file name: ``carafe:kernel_size=3`` -> ``carafe-kernel_size-3``."""
         return re.sub(r"[^\w.]+", "-", self.spec).strip("-")
+
+    def definition(self) -> dict:
+        """What the arm trains: its upsampler and every option of our module (defaults included, so that a release
+        that changes one is seen), and whether the neck's strided Convs are CARAFEDown."""
+        options = {}
+        if self.upsampler.module_class is not None:  # after c1 and c2, which come from the model
+            parameters = list(inspect.signature(self.upsampler.module_class).parameters.values())[2:]
+            options = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+        return {"upsampler": self.upsampler.name, **options, **self.options, "downsample": self.downsample}
 
 
 def parse_arm(spec: str) -> Arm:
@@ -167,12 +186,30 @@ def base_checkpoint(settings: Settings) -> str:
 
     key = {k: v for k, v in asdict(_base_settings(settings)).items() if k not in _HOW_IT_RUNS}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return str(default_cache_dir() / "bases" / f"{Path(settings.model).stem}-{digest}" / "weights" / "best.pt")
+    return str(default_cache_dir() / "bases" / f"{Path(settings.model).stem}-{digest}" / "base.pt")
 
 
 # Settings that say how runs are run, not what they learn: the base's cache key leaves them out.
 _HOW_IT_RUNS = ("out", "data", "device", "workers", "jobs", "arms", "seeds", "gpus_per_run", "ray", "cpus_per_run",
-                "ray_timeout", "shard")
+                "ray_timeout", "ray_retries", "shard")
+# Settings that decide what a run learns: every command on one --out must repeat them (the arms' definitions too).
+# The device (which GPUs), the jobs, the loader workers and Ray's address may change between commands.
+EXPERIMENT_SETTINGS = ("model", "data", "weights", "pretrain_epochs", "epochs", "imgsz", "batch", "optimizer", "lr0",
+                       "warmup_epochs", "mosaic", "val", "mask_lr_scale")
+
+
+def experiment_record(settings: Settings) -> dict:
+    """The settings that make ``settings.out`` one experiment (see :mod:`.settings_record`): the weights by their
+    content (a moved file is the same weights), each arm by its definition."""
+    record = {name: getattr(settings, name) for name in EXPERIMENT_SETTINGS}
+    if settings.weights:
+        digest = hashlib.sha256()
+        with open(settings.weights, "rb") as weights:
+            for chunk in iter(lambda: weights.read(1 << 20), b""):
+                digest.update(chunk)
+        record["weights"] = f"sha256 {digest.hexdigest()[:16]}"
+    record["arms"] = {spec: parse_arm(spec).definition() for spec in settings.arms}
+    return record
 
 
 def _base_settings(settings: Settings) -> Settings:
@@ -185,22 +222,26 @@ def pretrained_base(settings: Settings, log: Callable[[str], None] = print) -> s
     """A base checkpoint to fine-tune every arm from, as users start from COCO weights: the family with nearest
     upsampling, trained for ``settings.pretrain_epochs`` epochs on generated scenes that are not the ablation's
     (seed 1). Trained once and cached (``CARAFE_ULTRA_CACHE``; on a cluster, storage every machine sees): a lock
-    makes shards that start together wait for the one that trains it. Returns the path of its best.pt."""
+    makes shards that start together wait for the one that trains it, and an interrupted training resumes where it
+    stopped. Returns the path of the base, which appears (atomically) only once its training finished."""
     from .data import exclusive
 
-    best = Path(base_checkpoint(settings))
-    folder = best.parents[1]
+    base = Path(base_checkpoint(settings))
+    folder, training = base.parent, base.parent / "training"
     with exclusive(folder):
-        if best.is_file():
-            log(f"base model: reusing {best}")
-            return str(best)
-        base = _base_settings(settings)
-        log(f"base model: training {Path(settings.model).name} (nearest) for {base.epochs} epochs on other generated "
-            "data")
+        if base.is_file():
+            log(f"base model: reusing {base}")
+            return str(base)
+        recipe_of_base = _base_settings(settings)
+        log(f"base model: training {Path(settings.model).name} (nearest) for {recipe_of_base.epochs} epochs on other "
+            f"generated data, {resume.how_it_starts(training)}")
         model = ultralytics_model(convert_yaml(settings.model, "nearest", folder))
-        model.train(**recipe(base, 0), data=default_data(settings.imgsz, seed=1), project=str(folder.parent),
-                    name=folder.name, exist_ok=True)
-    return str(best)
+        resume.train(model, training, _trainer(model, recipe_of_base), **recipe(recipe_of_base, 0),
+                     data=default_data(settings.imgsz, seed=1))
+        with replaced_atomically(base) as temporary:
+            shutil.copyfile(training / "weights" / "best.pt", temporary)
+        shutil.rmtree(training)
+    return str(base)
 
 
 @dataclass
@@ -236,25 +277,34 @@ def _load(kind: type, path: Path):
 
 
 def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | None) -> RunResult:
-    """Train one arm with one seed (from ``weights``, if given) and evaluate its final model; ends by writing
-    ``result.json``."""
+    """Train one arm with one seed (from ``weights``, if given), resuming from the checkpoint an interrupted
+    attempt left, and evaluate its final model; ends by writing ``result.json``."""
     run_dir = _run_dir(settings, arm, seed)
     out = run_dir.parents[1]
     model = ultralytics_model(convert_yaml(settings.model, arm.upsampler.name, out / "yamls" / arm.folder, arm.options,
                                            downsample=arm.downsample))
-    taken: list[int] = []
     if weights:
-        model.add_callback("on_pretrain_routine_end", lambda trainer: taken.extend(_weights_taken(trainer, weights)))
-    trainer = None
-    if settings.mask_lr_scale != 1:
-        trainer = _with_mask_lr_scale(model.task_map[model.task]["trainer"], settings.mask_lr_scale)
-    start = time.perf_counter()
-    metrics = model.train(**recipe(settings, seed, weights), data=data, trainer=trainer, project=str(run_dir.parent),
-                          name=run_dir.name, exist_ok=True)
+        model.add_callback("on_pretrain_routine_end", functools.partial(_note_weights_taken, weights=weights))
+    metrics, trainer = resume.train(model, run_dir, _trainer(model, settings), **recipe(settings, seed, weights),
+                                    data=data)
     result = RunResult(upsampler=arm.spec, seed=seed, mAP50=float(metrics.box.map50), mAP50_95=float(metrics.box.map),
-                       train_seconds=time.perf_counter() - start, weights_taken=taken or None)
-    (run_dir / "result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+                       train_seconds=trainer.train_seconds, weights_taken=trainer.notes.get("weights_taken"))
+    write_text_atomically(run_dir / "result.json", json.dumps(asdict(result), indent=2) + "\n")
+    resume.checkpoint_path(run_dir).unlink(missing_ok=True)  # finished: a re-run reuses result.json instead
     return result
+
+
+def _trainer(model, settings: Settings) -> type:
+    """The Ultralytics trainer class of ``model``'s task, with CARAFE's mask learning-rate scale if set."""
+    trainer = model.task_map[model.task]["trainer"]
+    return _with_mask_lr_scale(trainer, settings.mask_lr_scale) if settings.mask_lr_scale != 1 else trainer
+
+
+def _note_weights_taken(trainer, weights: str) -> None:
+    """``on_pretrain_routine_end``: note in the trainer's kept notes what loading ``weights`` took over (an
+    attempt that resumes has its first attempt's note)."""
+    if not trainer.resume:
+        trainer.notes["weights_taken"] = _weights_taken(trainer, weights)
 
 
 def arm_costs(settings: Settings, arms: list[Arm], seeds: dict[str, int]) -> tuple[list[ArmCost], str]:
@@ -280,7 +330,7 @@ def arm_costs(settings: Settings, arms: list[Arm], seeds: dict[str, int]) -> tup
                                             GFLOPs=float(get_flops(network, settings.imgsz)),
                                             latency_ms=latencies[spec]))
                        for spec, network in networks.items()})
-        path.write_text(json.dumps({"device": where, "arms": list(cached.values())}, indent=2) + "\n")
+        write_text_atomically(path, json.dumps({"device": where, "arms": list(cached.values())}, indent=2) + "\n")
     return [ArmCost(**cached[arm.spec]) for arm in arms], where
 
 
@@ -353,7 +403,8 @@ def latencies_ms(networks: dict[str, torch.nn.Module], imgsz: int, device: torch
 
 
 class GridIncomplete(RuntimeError):
-    """Some runs of the grid failed; the summary of the others was written, and a re-run trains only the missing."""
+    """Some runs of the grid failed; the summary of the others was written, and a re-run trains only the missing,
+    each resuming from the last epoch it completed."""
 
 
 def grid_runs(settings: Settings) -> list[grid.Run]:
@@ -386,6 +437,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
     is written.
     """
     request = ray_request(settings) if settings.ray else None  # a request that fits no node fails before anything
+    check_same_experiment(settings.out, experiment_record(settings))  # before anything is trained or made
     if not settings.data:
         default_data(settings.imgsz)  # made once, before the runs that read it
     weights = pretrained_base(settings, log) if settings.pretrain_epochs else settings.weights
@@ -396,9 +448,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
     for run in runs:
         if run in done:
             log(f"{run[0]} seed {run[1]}: already finished, reusing {_folder(settings, run) / 'result.json'}")
-    pending = [run for run in runs if run not in done]
-    for run in pending:  # what an earlier attempt left unfinished starts afresh (its results.csv would mislead)
-        shutil.rmtree(_folder(settings, run), ignore_errors=True)
+    pending = [run for run in runs if run not in done]  # each resumes from its checkpoint, if it left one
     label = f"on {settings.model}, {settings.epochs} epochs at {settings.imgsz} px" + (
         f", from {weights}" if weights else "")
     in_place = settings.jobs == 1 and not settings.ray  # trained here, its output on this console
@@ -412,7 +462,8 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
         summary = write_report(settings, log)
     if failures:
         raise GridIncomplete(f"{len(failures)} run(s) failed; the others are in {settings.out}, and a re-run trains "
-                             "only the missing ones:\n" + "\n".join(f"  {r[0]} seed {r[1]}: {e}" for r, e in failures.items()))
+                             "only the missing ones, each from the last epoch it completed:\n"
+                             + "\n".join(f"  {r[0]} seed {r[1]}: {e}" for r, e in failures.items()))
     return summary
 
 
@@ -440,11 +491,14 @@ def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: 
             log(f"[{number}/{len(pending)}] {run[0]} (seed {run[1]}) done in {result.train_seconds / 60:.1f} min: "
                 f"mAP50 {result.mAP50:.3f}, mAP50-95 {result.mAP50_95:.3f}")
 
-    progress = grid.Progress(functools.partial(_folder, settings), settings.epochs, log)
+    folder_of = functools.partial(_folder, settings)
+    resuming = {run: epochs for run in pending if (epochs := resume.completed_epochs(folder_of(run))) is not None}
+    progress = grid.Progress(folder_of, settings.epochs, log, resuming)
     if request is not None:
         log(f"{len(pending)} runs {label}, as Ray tasks of {request.gpus} GPU(s) and {request.cpus} CPU(s) each "
             f"({settings.ray})")
-        grid.run_on_ray(request, pending, task, Path(settings.out).resolve(), progress, done, settings.ray_timeout)
+        grid.run_on_ray(request, pending, task, Path(settings.out).resolve(), progress, done, settings.ray_timeout,
+                        settings.ray_retries)
         return failures
     slots = grid.device_slots(settings.device, settings.jobs, settings.gpus_per_run)
     if settings.jobs > 1:
@@ -455,6 +509,7 @@ def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: 
         return failures
     for number, run in enumerate(pending, 1):
         log(f"[{number}/{len(pending)}] {run[0]} (seed {run[1]}) {label}")
+        progress.started(run)
         try:
             result = task(run, slots[0].device)
         except Exception as error:  # one failing run does not lose the others
@@ -479,7 +534,7 @@ def train_logged(settings: Settings, weights: str | None, run: grid.Run, device:
     worker processes and Ray tasks."""
     log_path = _folder(settings, run).with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log_file:
+    with open(log_path, "a") as log_file:  # a resumed or retried attempt adds to the log of the earlier ones
         sys.stdout.flush(), sys.stderr.flush()
         saved = os.dup(1), os.dup(2)
         os.dup2(log_file.fileno(), 1), os.dup2(log_file.fileno(), 2)
@@ -496,6 +551,7 @@ def write_report(settings: Settings, log: Callable[[str], None] = print) -> dict
     missing; the costs measured here, on this machine's first ``settings.device``."""
     from .report import write_summary
 
+    check_same_experiment(settings.out, experiment_record(settings), create=False)
     done = finished(settings)
     if not done:
         raise FileNotFoundError(f"no run of this ablation has finished in {Path(settings.out) / 'runs'} yet")
@@ -580,6 +636,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ray-timeout", dest="ray_timeout", type=float, default=defaults.ray_timeout,
                         metavar="SECONDS", help="--ray: report and cancel the tasks Ray has not started after this "
                                                 "long with none of the grid's runs running (default: %(default)g)")
+    parser.add_argument("--ray-retries", dest="ray_retries", type=int, default=defaults.ray_retries, metavar="N",
+                        help="--ray: times Ray runs a task again whose worker process or node died, each time resuming "
+                             "the run from its last completed epoch (default: %(default)d); a run that raises an "
+                             "error is not retried")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="run only every N-th run of the grid, from the I-th (0-based), e.g. a job array's "
                              "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; then --report once")
@@ -591,7 +651,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"upsamplers: {', '.join(UPSAMPLERS)}; options after a colon, e.g. "
                              "carafe:kernel_size=3,compressed_channels=16; carafe-down (the neck's strided Convs as "
                              "CARAFE++ downsamplers, nearest upsampling) and carafe-both (CARAFE and CARAFEDown)")
-    parser.add_argument("--out", default=defaults.out, help="output folder (re-runs resume there)")
+    parser.add_argument("--out", default=defaults.out,
+                        help="output folder: a re-run of the same command resumes there; other settings are refused")
+    parser.add_argument("--restart", action="store_true",
+                        help="delete what --out holds of an earlier ablation (runs, summary, settings) and start over")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -600,20 +663,34 @@ def main(args: argparse.Namespace) -> None:
         settings = Settings(**{f.name: getattr(args, f.name) for f in fields(Settings)})
         if args.report and settings.shard:
             raise ValueError("--report writes the summary of the whole grid: give it without --shard")
-    except (ValueError, FileNotFoundError) as error:  # an option out of range, a missing file, a wrong arm
+        if args.restart and (args.report or settings.shard):
+            raise ValueError("--restart deletes the runs of --out: give it without --report, and with shards clear "
+                             "the folder once (--restart without --shard, or rm -r) before they start")
+    except (ValueError, FileNotFoundError) as error:  # an option out of range, a missing file, a wrong arm, bad data
         args.error(str(error))
     try:
+        if args.restart:
+            restart(settings.out)
         if args.report:
             write_report(settings)
         elif run_ablation(settings) is None:  # a shard: no summary yet
             return
-    except (FileNotFoundError, grid.RayRequestError) as error:  # --report before any run finished; no node fits
-        args.error(str(error))
+    except (FileNotFoundError, grid.RayRequestError, SettingsChanged) as error:  # nothing to report; no node fits;
+        args.error(str(error))  # the folder holds another experiment
     except GridIncomplete as error:
         if not settings.shard:
             _print_summary(settings)  # of the runs that finished
         sys.exit(f"error: {error}")
     _print_summary(settings)
+
+
+def restart(out: str | Path) -> None:
+    """Delete what an ablation left in ``out`` (its runs, summary, figures and settings record); other files stay."""
+    out = Path(out)
+    for folder in ("runs", "yamls"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    for path in [*out.glob("summary.*"), *out.glob("show-*.png"), out / RECORD]:
+        path.unlink(missing_ok=True)
 
 
 def _print_summary(settings: Settings) -> None:

@@ -13,8 +13,10 @@ what gets distributed; its runs are independent (each writes its own folder and 
 - **Shards.** ``--shard I/N`` takes every N-th run of the grid, the same split on every machine.
 
 A run that fails is reported with its error and the others go on; runs that finished wrote ``result.json``, so a
-re-run trains only what is missing. While runs train elsewhere, the console gets one line per finished epoch of
-each, read from the ``results.csv`` Ultralytics writes in the run's folder.
+re-run trains only what is missing, each run resuming from the last epoch it completed. Ray runs a task again whose
+worker or node died (``retries`` times), and the task resumes its run from the checkpoint on the shared ``--out``.
+While runs train elsewhere, the console gets a line when each starts (or resumes) and one per finished epoch of each,
+read from the ``results.csv`` Ultralytics writes in the run's folder.
 """
 
 from __future__ import annotations
@@ -109,20 +111,33 @@ def prepare_process(visible: str | None, threads: int) -> None:
 
 
 class Progress:
-    """One console line per epoch a running run finishes, read from the ``results.csv`` in its folder."""
+    """The console's view of runs training elsewhere: a line when each starts, saying whether it resumes (after the
+    epochs ``completed`` gives it, read before any run started) or starts afresh, and one per epoch it finishes, read
+    from the ``results.csv`` in its folder."""
 
-    def __init__(self, folder_of: Callable[[Run], Path], epochs: int, log: Callable[[str], None]) -> None:
-        self.folder_of, self.epochs, self.log = folder_of, epochs, log
-        self.reported: dict[Run, int] = {}
+    def __init__(self, folder_of: Callable[[Run], Path], epochs: int, log: Callable[[str], None],
+                 completed: dict[Run, int] | None = None) -> None:
+        self.folder_of, self.epochs, self.log, self.completed = folder_of, epochs, log, completed or {}
+        self.reported: dict[Run, int] = {}  # the last epoch reported of each run that started
+
+    def started(self, run: Run) -> None:
+        """Say how ``run`` starts (once: later calls are no news)."""
+        if run in self.reported:
+            return
+        epochs = self.completed.get(run)
+        self.reported[run] = epochs or 0  # the epochs of earlier attempts are not news
+        self.log(f"{run[0]} (seed {run[1]}): " + ("started" if epochs is None else f"resumed from epoch {epochs}"))
 
     def poll(self, running: list[Run]) -> None:
-        for run in running:
-            rows = _csv_rows(self.folder_of(run) / "results.csv")
-            for row in rows[self.reported.get(run, 0):]:
-                losses = ", ".join(f"{k.split('/')[-1]} {float(v):.3f}" for k, v in row.items()
-                                   if k.startswith("train/") and v)
-                self.log(f"{run[0]} (seed {run[1]}): epoch {int(float(row['epoch']))}/{self.epochs}, {losses}")
-            self.reported[run] = max(self.reported.get(run, 0), len(rows))
+        """Say which epochs the started runs of ``running`` finished since the last poll."""
+        for run in filter(self.reported.__contains__, running):
+            for row in _csv_rows(self.folder_of(run) / "results.csv"):
+                epoch = int(float(row["epoch"]))
+                if epoch > self.reported.get(run, 0):
+                    losses = ", ".join(f"{k.split('/')[-1]} {float(v):.3f}" for k, v in row.items()
+                                       if k.startswith("train/") and v)
+                    self.log(f"{run[0]} (seed {run[1]}): epoch {epoch}/{self.epochs}, {losses}")
+                    self.reported[run] = epoch
 
 
 def _csv_rows(path: Path) -> list[dict]:
@@ -151,6 +166,7 @@ def run_in_slots(slots: list[Slot], runs: list[Run], task: Task, progress: Progr
             for index, (slot, executor) in enumerate(zip(slots, executors)):
                 if queue and index not in {i for i, _ in active.values()}:
                     run = queue.pop(0)
+                    progress.started(run)
                     active[executor.submit(task, run, slot.device)] = (index, run)
             finished, _ = concurrent.futures.wait(active, timeout=POLL_SECONDS,
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
@@ -221,16 +237,18 @@ def ray_request(address: str, gpus: int, cpus: int | None, default_cpus: int) ->
 
 
 def run_on_ray(request: RayRequest, runs: list[Run], task: Task, out: Path, progress: Progress,
-               done: Callable[[Run, object | None, str | None], None], timeout: float = 600.0) -> None:
+               done: Callable[[Run, object | None, str | None], None], timeout: float = 600.0,
+               retries: int = 3) -> None:
     """Train ``runs`` as Ray tasks of ``request``'s GPUs and CPUs each, on the cluster :func:`ray_request` connected
-    to. Tasks that Ray has not started after ``timeout`` seconds during which none of the grid's tasks ran (the
-    cluster is busy with other work, or lost the nodes that fit) are cancelled and reported as failed. Ctrl-C
-    cancels what is still outstanding."""
+    to. A task whose worker process or node dies is run again, up to ``retries`` times (Ray's ``max_retries``; a task
+    that raises is not: its error is the run's). Tasks that Ray has not started after ``timeout`` seconds during which
+    none of the grid's tasks ran (the cluster is busy with other work, or lost the nodes that fit) are cancelled and
+    reported as failed. Ctrl-C cancels what is still outstanding."""
     ray = _ray()
     marker = out / "runs" / f".driver-{uuid.uuid4().hex}"  # the tasks check that they see the driver's --out
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(socket.gethostname() + "\n")
-    remote = ray.remote(_ray_task).options(num_gpus=request.gpus, num_cpus=request.cpus, max_retries=0)
+    remote = ray.remote(_ray_task).options(num_gpus=request.gpus, num_cpus=request.cpus, max_retries=retries)
     pending, started = {}, {}
     for number, run in enumerate(runs):
         started_path = marker.with_name(f"{marker.name}.{number}.started")  # the task writes it when it starts
@@ -240,6 +258,9 @@ def run_on_ray(request: RayRequest, runs: list[Run], task: Task, out: Path, prog
     try:
         while pending:
             finished, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+            for ref, run in pending.items():
+                if started[ref].exists():
+                    progress.started(run)
             progress.poll(list(pending.values()))
             for ref in finished:
                 run = pending.pop(ref)

@@ -12,6 +12,8 @@ import statistics
 from dataclasses import asdict
 from pathlib import Path
 
+from .atomic import replaced_atomically, write_text_atomically
+
 METRICS = {"mAP50": "mAP50", "mAP50-95": "mAP50_95"}  # report key: RunResult field
 BASELINE = "nearest"
 CONFIDENCE = 0.90
@@ -121,9 +123,10 @@ def write_summary(settings, data: str, weights: str | None, results: list, costs
                "settings": {**asdict(settings), "data": data, "weights": weights},
                "seeds": list(settings.seeds), "runs": [asdict(r) for r in results], "missing": list(missing),
                "latency_device": latency_device}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(markdown_table(summary))
-    plot(summary, out / "summary.png")
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(out / "summary.md", markdown_table(summary))
+    with replaced_atomically(out / "summary.png") as temporary:
+        plot(summary, temporary)
     return summary
 
 
@@ -173,8 +176,8 @@ def markdown_table(summary: dict) -> str:
         )
     lines += ["", *_sentences(arms), ""]
     if summary.get("missing"):
-        lines += [f"Missing runs (failed or not run yet; a re-run trains only these): {', '.join(summary['missing'])}.",
-                  ""]
+        lines += ["Missing runs (failed or not run yet; a re-run trains only these, resuming where they stopped): "
+                  f"{', '.join(summary['missing'])}.", ""]
     return "\n".join(lines)
 
 
