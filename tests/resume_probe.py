@@ -3,6 +3,7 @@ writes one line per training batch it sees (epoch, image files, pixel sum) to th
 
     python tests/resume_probe.py ablate ARGS...          # python -m carafe_ultra ablate ARGS...
     python tests/resume_probe.py train DATA FOLDER       # resume.train of YOLOv8n with CARAFE, mosaic for 2 of 4 epochs
+    python tests/resume_probe.py base DATA               # the ablation's pretrained base (4 epochs) trained on DATA
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def record_batches(trainer) -> None:
 def main(argv: list[str]) -> None:
     from carafe_ultra.experiments import ablation
 
-    if argv[0] == "ablate":
+    if argv[0] in ("ablate", "base"):
         model_of = ablation.ultralytics_model
 
         def recording_model(*args, **kwargs):
@@ -37,9 +38,14 @@ def main(argv: list[str]) -> None:
             return model
 
         ablation.ultralytics_model = recording_model
-        from carafe_ultra.__main__ import main as command_line
+        if argv[0] == "base":  # the base trains on "other generated data": here, the given set
+            ablation.default_data = lambda imgsz, seed=0: argv[1]
+            settings = ablation.Settings(pretrain_epochs=4, imgsz=64, batch=4, workers=0, out=os.devnull)
+            print(ablation.pretrained_base(settings))
+        else:
+            from carafe_ultra.__main__ import main as command_line
 
-        command_line(argv)
+            command_line(argv)
     else:
         from carafe_ultra import convert_yaml
         from carafe_ultra.experiments import resume

@@ -33,10 +33,10 @@ def data(tmp_path_factory):
     return str(shapes_dataset(SPEC, root=tmp_path_factory.mktemp("data")))
 
 
-def probe(arguments: list[str], batches: Path) -> subprocess.Popen:
+def probe(arguments: list[str], batches: Path, **environment: str) -> subprocess.Popen:
     """A training process (tests/resume_probe.py) writing each batch it trains on to ``batches``."""
-    return subprocess.Popen([sys.executable, str(PROBE), *arguments], env={**ENV, "RESUME_PROBE_BATCHES": str(batches)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, str(PROBE), *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**ENV, "RESUME_PROBE_BATCHES": str(batches), **environment}, text=True)
 
 
 def finished(process: subprocess.Popen) -> str:
@@ -187,3 +187,21 @@ def test_a_process_killed_while_it_writes_leaves_the_old_file_or_the_new_one(tmp
         assert set(json.loads(path.read_text())) in ({1}, {2})
     strays = [p.name for p in tmp_path.iterdir() if p != path]
     assert all(re.fullmatch(r"\.result\.\d+\.partial\.json", name) for name in strays), strays
+
+
+def test_the_pretrained_base_resumes_and_is_cached_only_once_finished(data, tmp_path):
+    cache = {name: tmp_path / name for name in ("whole", "interrupted")}
+    whole = probe(["base", data], tmp_path / "whole.txt", CARAFE_ULTRA_CACHE=str(cache["whole"]))
+    (base,) = [Path(line) for line in finished(whole).splitlines() if line.endswith("base.pt")]
+    first = probe(["base", data], tmp_path / "first.txt", CARAFE_ULTRA_CACHE=str(cache["interrupted"]))
+    at = kill_mid_epoch(first, tmp_path / "first.txt", epoch=2)
+    (folder,) = [path for path in (cache["interrupted"] / "bases").iterdir() if path.is_dir()]
+    assert not (folder / "base.pt").exists()  # the half-trained base is never taken for the base
+    assert resume.completed_epochs(folder / "training") == 2
+    output = finished(probe(["base", data], tmp_path / "again.txt", CARAFE_ULTRA_CACHE=str(cache["interrupted"])))
+    assert "base model: training yolov8n.yaml (nearest) for 4 epochs on other generated data, resumed from epoch 2" in (
+        output)
+    assert lines(tmp_path / "again.txt") == [line for line in lines(tmp_path / "whole.txt") if line[0] in "23"]
+    want, got = (torch.load(path, weights_only=False)["model"].state_dict() for path in (base, folder / "base.pt"))
+    assert all(torch.equal(want[k], got[k]) for k in want), at
+    assert sorted(p.name for p in folder.iterdir()) == ["base.pt", "yolov8n-nearest.yaml"]
