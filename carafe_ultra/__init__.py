@@ -2,8 +2,9 @@
 
 The core, bottom up: ``_checks`` -> ``backends`` -> ``functional`` (:func:`carafe`) -> ``module`` (:class:`CARAFE`),
 ``dysample`` (:class:`DySample`), ``eucb`` (:class:`EUCB`) and ``downsample`` (:class:`CARAFEDown`, CARAFE++'s
-downsampler, :func:`carafe_downsample`) -> ``upsamplers`` (the table of upsamplers), with
-``resnet`` (:class:`ResNetBasicLayer`, RT-DETR-R18's backbone) -> ``integration`` (Ultralytics)
+downsampler, :func:`carafe_downsample`) -> ``upsamplers`` (the table of upsamplers) -> ``heads`` (segmentation
+heads with any upsampler in their mask branch), with ``resnet`` (:class:`ResNetBasicLayer`, RT-DETR-R18's backbone)
+-> ``integration`` (Ultralytics)
 -> ``yamls`` (model YAMLs). The experiment tooling (data, baselines, ablation, report, benchmark) lives in
 ``carafe_ultra.experiments``; the core never imports it.
 """

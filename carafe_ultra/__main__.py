@@ -1,9 +1,10 @@
 """``python -m carafe_ultra``: the package's command line.
 
     python -m carafe_ultra models [NAME]           path of a shipped model YAML (or list them)
-    python -m carafe_ultra convert MODEL [-o DIR] [--downsample] [--upsampler NAME]
-                                                   write MODEL with CARAFE in place of nn.Upsample (and with
-                                                   --downsample, CARAFEDown in place of the neck's strided Convs)
+    python -m carafe_ultra convert MODEL [-o DIR] [--downsample] [--heads] [--upsampler NAME]
+                                                   write MODEL with CARAFE in place of nn.Upsample (with
+                                                   --downsample, CARAFEDown in place of the neck's strided Convs;
+                                                   with --heads, in the segmentation head's mask branch too)
     python -m carafe_ultra ablate [...]            train with each upsampler and compare (scripts/ablate.py)
     python -m carafe_ultra benchmark [...]         side-by-side speed and memory (scripts/benchmark.py)
     python -m carafe_ultra gpu-check [--dry-run]   every GPU check in one run, one report (make gpu-check)
@@ -33,7 +34,7 @@ def _models(args: argparse.Namespace) -> None:
 def _convert(args: argparse.Namespace) -> None:
     try:
         upsampler = None if args.upsampler == "none" else args.upsampler
-        print(convert_yaml(args.model, upsampler, args.out_dir, downsample=args.downsample))
+        print(convert_yaml(args.model, upsampler, args.out_dir, downsample=args.downsample, heads=args.heads))
     except (FileNotFoundError, ValueError) as error:  # no such model, or no row to replace in it
         args.error(str(error))
 
@@ -53,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("--downsample", action="store_true",
                          help="also replace the neck's stride-2 Conv rows (never the backbone's) with CARAFEDown "
                               "(CARAFE++ downsampling): MODEL-carafe-both.yaml")
+    convert.add_argument("--heads", action="store_true",
+                         help="also swap the task head's own upsampling for --upsampler's module: a segmentation "
+                              "head's mask branch (its prototypes' 2x ConvTranspose2d, and YOLO26's P4/P5 resizes): "
+                              "MODEL-carafe-head.yaml")
     convert.add_argument("--upsampler", choices=[*UPSAMPLERS, "none"], default="carafe",
                          help="what the upsampling rows become (default: carafe); none leaves them, e.g. with "
                               "--downsample for MODEL-carafe-down.yaml")

@@ -1,13 +1,15 @@
-"""Ultralytics glue: make our modules (the upsamplers ``CARAFE``, ``DySample``, ``EUCB`` and the ResNet-18 stage
-``ResNetBasicLayer``) YAML modules that parse_model treats like ``Conv``.
+"""Ultralytics glue: make our modules (the upsamplers ``CARAFE``, ``DySample``, ``EUCB``, CARAFE++'s ``CARAFEDown`` and
+the ResNet-18 stage ``ResNetBasicLayer``) YAML modules that parse_model treats like ``Conv``, and our segmentation
+heads (:mod:`carafe_ultra.heads`) YAML modules that it treats like the stock heads they extend.
 
 Ultralytics has no module registry: ``parse_model`` resolves YAML names from the globals of
-``ultralytics.nn.tasks`` and decides which modules get ``c1`` prepended and ``c2`` width-scaled from a
-frozenset (``base_modules``) that it builds locally on every call (since 8.3.65). So :func:`register`
-injects our modules (the table in :mod:`carafe_ultra.upsamplers`) into those globals and rebuilds
-``parse_model`` from its own source with them added to that set: their rows then get exactly Conv's channel
-handling at every model scale. Anything that does not match the expected source fails with a message naming the
-Ultralytics version.
+``ultralytics.nn.tasks``, decides which modules get ``c1`` prepended and ``c2`` width-scaled from a frozenset
+(``base_modules``) that it builds locally on every call (since 8.3.65), and gives the heads their input channels and
+extra arguments through sets and identity tests that name each head class. So :func:`register` injects ours into
+those globals and rebuilds ``parse_model`` from its own source with our modules added to ``base_modules`` and each of
+our heads added wherever its stock head is named in a set or an ``m is ...`` test: their rows then get exactly the
+handling of the rows they replace, at every model scale. Anything that does not match the expected source fails
+with a message naming the Ultralytics version.
 """
 
 from __future__ import annotations
@@ -25,17 +27,25 @@ import torch
 from torch import nn
 
 from .downsample import CARAFEDown
+from .heads import HEAD_ROWS, head_classes
 from .module import CARAFE
 from .resnet import BasicBlock, ResNetBasicLayer
 from .upsamplers import UPSAMPLERS
 
-# Ours, by YAML module name: what register() injects into Ultralytics (the upsamplers of the table, CARAFE++'s
-# downsampler, then the layers of the base models we ship).
+# Ours, by YAML module name: what register() injects into Ultralytics as Conv-like modules (the upsamplers of the
+# table, CARAFE++'s downsampler, then the layers of the base models we ship).
 OUR_MODULES: dict[str, type[nn.Module]] = {
     **{u.module: u.module_class for u in UPSAMPLERS.values() if u.module_class}, "CARAFEDown": CARAFEDown,
     "ResNetBasicLayer": ResNetBasicLayer}
-# Classes a checkpoint of ours pickles: what safe loading must allow besides torch's and Ultralytics' own.
+# Classes a checkpoint of ours pickles: what safe loading must allow besides torch's and Ultralytics' own (and our
+# heads, made when registering).
 _CHECKPOINT_CLASSES = [*OUR_MODULES.values(), BasicBlock]
+
+
+def our_heads() -> dict[str, type[nn.Module]]:
+    """Our heads by YAML module name, those the installed Ultralytics has the stock heads of (see
+    :mod:`carafe_ultra.heads`); each is treated like the stock head it extends."""
+    return {name: made for name, made in head_classes().items() if name in HEAD_ROWS}
 
 SUPPORTED_ULTRALYTICS = ">=8.3.65,<8.5"
 _MIN_VERSION, _MAX_VERSION = (8, 3, 65), (8, 5)
@@ -75,14 +85,14 @@ def register() -> None:
     if not _MIN_VERSION <= _version_tuple(version) < _MAX_VERSION:
         raise _unsupported(version, "outside the supported range")
 
-    for name, module_class in OUR_MODULES.items():
+    for name, module_class in {**OUR_MODULES, **our_heads()}.items():
         setattr(tasks, name, module_class)  # parse_model resolves YAML names from these globals
     parse_model = _with_row_checks(_parse_model_with_ours(tasks, version))
     tasks.parse_model = parse_model
     sys.modules["ultralytics.nn"].parse_model = parse_model  # the package re-exports it
     # ULTRALYTICS_SAFE_LOAD=1 loads checkpoints weights-only, allowing torch's and Ultralytics' classes; ours join
     # that allow-list (process-wide, as Ultralytics' own entries are).
-    torch.serialization.add_safe_globals(_CHECKPOINT_CLASSES)
+    torch.serialization.add_safe_globals([*_CHECKPOINT_CLASSES, *head_classes().values()])
     _register_flops_rule()
 
 
@@ -106,19 +116,52 @@ def _parse_model_source(tasks, version: str) -> tuple[str, ast.Set]:
     raise _unsupported(version, "parse_model no longer builds a base_modules frozenset")
 
 
+class _OursInParseModel(ast.NodeTransformer):
+    """parse_model's syntax tree with our Conv-like modules in ``base_modules``, and each of our heads in every set
+    that names its stock head and beside every ``m is <stock head>`` test of an ``or``."""
+
+    def __init__(self, base_modules: ast.Set, twins: dict[str, list[str]]) -> None:
+        self.base_modules, self.twins, self.taught = base_modules, twins, set()
+
+    def visit_Set(self, node: ast.Set) -> ast.Set:
+        named = {element.id for element in node.elts if isinstance(element, ast.Name)}
+        ours = OUR_MODULES if node is self.base_modules else []
+        ours = [*ours, *(twin for stock in self.twins if stock in named for twin in self.twins[stock])]
+        self.taught |= {stock for stock in self.twins if stock in named}
+        node.elts += [ast.Name(name, ast.Load()) for name in ours if name not in named]
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.BoolOp:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Or):
+            for test in list(node.values):
+                if (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Is)
+                        and isinstance(test.comparators[0], ast.Name) and test.comparators[0].id in self.twins):
+                    node.values += [ast.Compare(test.left, [ast.Is()], [ast.Name(twin, ast.Load())])
+                                    for twin in self.twins[test.comparators[0].id]]
+        return node
+
+
 def _parse_model_with_ours(tasks, version: str):
-    """``tasks.parse_model`` recompiled from its source with our modules in ``base_modules``."""
+    """``tasks.parse_model`` recompiled from its source with our modules in ``base_modules`` and our heads treated
+    like theirs (:class:`_OursInParseModel`)."""
     original = tasks.parse_model
     source, base_modules = _parse_model_source(tasks, version)
-    lines = source.splitlines(keepends=True)
-    first = base_modules.elts[0]
-    line = lines[first.lineno - 1].encode()  # ast column offsets count UTF-8 bytes
-    insertion = "".join(f"{name}, " for name in OUR_MODULES).encode()
-    lines[first.lineno - 1] = (line[: first.col_offset] + insertion + line[first.col_offset :]).decode()
-    # Pad with blank lines so tracebacks point at the real lines of tasks.py.
-    code = compile("\n" * (original.__code__.co_firstlineno - 1) + "".join(lines), original.__code__.co_filename, "exec")
+    tree = ast.parse(source)
+    for node in ast.walk(tree):  # the base_modules set of this tree (_parse_model_source parsed its own)
+        if isinstance(node, ast.Set) and ast.dump(node) == ast.dump(base_modules):
+            base_modules = node
+    twins: dict[str, list[str]] = {}
+    for name in our_heads():
+        twins.setdefault(HEAD_ROWS[name][0], []).append(name)
+    teacher = _OursInParseModel(base_modules, twins)
+    tree = ast.fix_missing_locations(teacher.visit(tree))
+    untaught = sorted(set(twins) - teacher.taught)
+    if untaught:
+        raise _unsupported(version, f"parse_model no longer names {', '.join(untaught)} in a set of heads")
+    ast.increment_lineno(tree, original.__code__.co_firstlineno - 1)  # tracebacks point at the lines of tasks.py
     namespace: dict = {}
-    exec(code, vars(tasks), namespace)
+    exec(compile(tree, original.__code__.co_filename, "exec"), vars(tasks), namespace)
     return namespace[original.__name__]
 
 
@@ -160,6 +203,8 @@ def _with_row_checks(parse_model):
         for index, row in enumerate(rows):
             if len(row) == 4 and row[2] in OUR_MODULES:
                 _check_row(index, row, OUR_MODULES[row[2]])
+            elif len(row) == 4 and row[2] in HEAD_ROWS:
+                _complete_head_row(index, row)
         try:
             return parse_model(d, *args, **kwargs)
         except (TypeError, ValueError) as error:
@@ -194,9 +239,31 @@ def _check_row(index: int, row: list, module_class: type[nn.Module]) -> None:
         raise ValueError(f"model YAML layer {index} {row}: {problem}")
 
 
+def _complete_head_row(index: int, row: list) -> None:
+    """Check a row of one of our heads and write out, in place, the upsampler and options it leaves to their defaults
+    (parse_model appends its own arguments after the row's, so those positions must be filled); raise ``ValueError``
+    naming the layer if they cannot be what they mean."""
+    stock, position = HEAD_ROWS[row[2]]
+    args = row[3]
+    if not isinstance(args, list) or not position <= len(args) <= position + 2:
+        raise ValueError(f"model YAML layer {index} {row}: args must be {stock}'s {position} arguments, then the mask "
+                         "branch's upsampler (default carafe) and its options, e.g. [nc, 32, 256, carafe, "
+                         "{kernel_size: 3}]")
+    args += [None] * (position + 2 - len(args))
+    name, options = args[position] or "carafe", args[position + 1] or {}
+    args[position : position + 2] = [name, options]
+    problem = None
+    if not isinstance(name, str) or name not in UPSAMPLERS:
+        problem = f"unknown mask branch upsampler {name!r}; choose from {', '.join(UPSAMPLERS)}"
+    elif not isinstance(options, dict):
+        problem = f"the upsampler's options must be a mapping such as {{kernel_size: 3}}, got {options!r}"
+    if problem:
+        raise ValueError(f"model YAML layer {index} {row}: {problem}")
+
+
 def _failing_layer(traceback, parse_model_code):
     """(layer index, module class, constructor args) if the error came from building one of ours, else None."""
-    ours = set(OUR_MODULES.values())
+    ours = {*OUR_MODULES.values(), *our_heads().values()}
     while traceback is not None:
         frame = traceback.tb_frame
         if frame.f_code is parse_model_code and frame.f_locals.get("m") in ours:
@@ -234,5 +301,5 @@ def ultralytics_model(model: str | Path):
     return RTDETR(model) if "rtdetr" in Path(model).stem.lower() else YOLO(model)
 
 
-__all__ = ["OUR_MODULES", "SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "conv_like_modules", "register",
-           "ultralytics_model", "yaml_module_class"]
+__all__ = ["OUR_MODULES", "SUPPORTED_ULTRALYTICS", "UnsupportedUltralyticsError", "conv_like_modules",
+           "our_heads", "register", "ultralytics_model", "yaml_module_class"]

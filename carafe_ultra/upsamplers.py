@@ -9,6 +9,7 @@ file and one entry here.
 
 from __future__ import annotations
 
+import ast
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class Upsampler:
             omits it); ``None``: rows of this module are not recognised as upsampling rows (a transposed
             convolution may be anything).
         module_class: our module class, registered with Ultralytics; ``None`` for torch's own modules.
+        conv_like: whether parse_model reads its rows like ``Conv`` rows (input channels prepended): ours, and the
+            torch modules in Ultralytics' ``base_modules`` (a test holds this to Ultralytics' set).
     """
 
     name: str
@@ -39,6 +42,7 @@ class Upsampler:
     args_for: Callable[[int, int], list]
     scale_at: int | None
     module_class: type[nn.Module] | None = None
+    conv_like: bool = True
 
     def scale_of(self, args: list) -> int:
         """The scale of a row of this upsampler, from its args."""
@@ -67,13 +71,31 @@ class Upsampler:
             args[names.index(name)] = value
         return args
 
+    def build(self, channels: int, scale: int = 2, options: Mapping[str, object] | None = None) -> nn.Module:
+        """The module a row of this upsampler builds for an input of ``channels`` channels (kept) and ``scale``,
+        made the way ``parse_model`` makes it from :meth:`yaml_args`: strings read as literals where they are one
+        (``"None"``), and the input channels first for Conv-like modules. What the task heads' own upsampling uses."""
+        module_class = self.module_class or getattr(nn, self.module.removeprefix("nn."))
+        args = [_literal(arg) for arg in self.yaml_args(channels, scale, options)]
+        return module_class(channels, *args) if self.conv_like else module_class(*args)
+
+
+def _literal(value: object) -> object:
+    """A row argument as parse_model reads it: a string that is a Python literal becomes that literal."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    return value
+
 
 UPSAMPLERS: dict[str, Upsampler] = {
     entry.name: entry
     for entry in (
         # "None" is how the stock YAMLs write nn.Upsample's size argument.
-        Upsampler("nearest", "nn.Upsample", lambda c, s: ["None", s, "nearest"], 1),
-        Upsampler("bilinear", "nn.Upsample", lambda c, s: ["None", s, "bilinear"], 1),
+        Upsampler("nearest", "nn.Upsample", lambda c, s: ["None", s, "nearest"], 1, conv_like=False),
+        Upsampler("bilinear", "nn.Upsample", lambda c, s: ["None", s, "bilinear"], 1, conv_like=False),
         Upsampler("convtranspose", "nn.ConvTranspose2d", lambda c, s: [c, s, s], None),  # learned 2×2 stride-2
         Upsampler("carafe", "CARAFE", lambda c, s: [c, 5, s], 2, CARAFE),
         Upsampler("dysample", "DySample", lambda c, s: [c, s], 1, DySample),

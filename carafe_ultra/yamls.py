@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+from .heads import HEAD_ROWS
 from .integration import conv_like_modules, yaml_module_class
 from .upsamplers import UPSAMPLERS, row_scale, upsampler
 
@@ -91,35 +92,49 @@ DOWNSAMPLER = "CARAFEDown"
 DOWN_KERNEL_SIZE = 5
 # File suffixes of converted YAMLs besides the upsamplers' names: the downsampling swap alone, and with CARAFE.
 DOWN_SUFFIX, BOTH_SUFFIX = "carafe-down", "carafe-both"
+# Suffix words of the task head's swap: "-carafe-head" (the neck's upsampler in the head too), "-carafe-head-only".
+HEAD_SUFFIX, HEAD_ONLY_SUFFIX = "head", "head-only"
+# The stock heads with an upsampling of their own, by YAML name: ours that replaces it, and where its row's upsampler
+# argument goes.
+HEAD_TWINS = {stock: (ours, position) for ours, (stock, position) in HEAD_ROWS.items()}
 
 
 def convert_yaml(
     model: str | Path, upsampler_name: str | None, out_dir: str | Path | None = None, options: dict | None = None,
-    downsample: bool = False,
+    downsample: bool = False, heads: bool | str = False, head_options: dict | None = None,
 ) -> str:
     """Write ``model`` with every upsampling row (``nn.Upsample``, ``CARAFE``, ``DySample``) written the way the
-    upsampler ``upsampler_name`` of :data:`carafe_ultra.upsamplers.UPSAMPLERS` writes it, and with ``downsample``
+    upsampler ``upsampler_name`` of :data:`carafe_ultra.upsamplers.UPSAMPLERS` writes it, with ``downsample``
     every stride-s ``Conv`` row of the head (the neck's bottom-up path, never the backbone) as a ``CARAFEDown`` row
-    of the same output channels and stride; return the file's path.
+    of the same output channels and stride, and with ``heads`` the task head's own upsampling (a segmentation head's
+    mask branch: :mod:`carafe_ultra.heads`) done by an upsampler of the table too; return the file's path.
 
     Each upsampling row keeps its scale and its input channels (taken from the layer feeding it), so every other
     layer keeps its shape at every model scale. ``options`` sets keyword arguments of our upsampling modules in every
     row, e.g. ``{"kernel_size": 3}`` (the file name does not show them). ``upsampler_name=None`` leaves the upsampling
-    rows as they are. The file is named after the model and the swaps: ``-carafe`` (an upsampler's name),
-    ``-carafe-down`` (only the downsampling swap), ``-carafe-both`` (CARAFE and CARAFEDown) or e.g.
-    ``-dysample-carafe-down``. See :func:`carafe_yaml` for the other arguments.
+    rows as they are. ``heads=True`` gives the head ``upsampler_name`` (and ``options``); a name gives it that
+    upsampler (and ``head_options``) whatever the neck gets. The file is named after the model and the swaps:
+    ``-carafe`` (an upsampler's name), ``-carafe-down`` (only the downsampling swap), ``-carafe-both`` (CARAFE and
+    CARAFEDown), e.g. ``-dysample-carafe-down``, then ``-head`` when the head has the neck's upsampler too
+    (``-carafe-head``, ``-carafe-both-head``), ``-carafe-head-only`` when only the head changed, and e.g.
+    ``-nearest-carafe-head`` otherwise. See :func:`carafe_yaml` for the other arguments.
     """
     import yaml  # here, not at the top: the GPU check runs on machines without PyYAML
 
-    if upsampler_name is None and not downsample:
-        raise ValueError("nothing to convert: name an upsampler, ask for the downsampling swap, or both")
+    if heads is True:
+        if upsampler_name is None:
+            raise ValueError("--heads gives the task head the upsampler of --upsampler: name one (not none)")
+        heads, head_options = upsampler_name, options
+    head_entry = upsampler(heads) if heads else None
+    if upsampler_name is None and not downsample and head_entry is None:
+        raise ValueError("nothing to convert: name an upsampler, ask for the downsampling swap or the heads' swap")
     entry = None if upsampler_name is None else upsampler(upsampler_name)
     source = find_model_yaml(model)
     text = source.read_text()
     cfg = yaml.safe_load(text)
     backbone = cfg.get("backbone") or []
     rows = backbone + (cfg.get("head") or [])
-    upsampling, downsampling = {}, {}
+    upsampling, downsampling, heading = {}, {}, {}
     for index, (origin, repeats, module, args) in enumerate(rows):
         scale = row_scale(module, args)
         if entry is not None and scale is not None:
@@ -128,11 +143,16 @@ def convert_yaml(
         stride = _neck_conv_stride(module, args) if index >= len(backbone) else None
         if downsample and stride is not None:
             downsampling[index] = [origin, repeats, DOWNSAMPLER, [args[0], DOWN_KERNEL_SIZE, stride]]
+        if head_entry is not None and (module in HEAD_TWINS or module in HEAD_ROWS):
+            heading[index] = _head_row(rows[index], head_entry.name, head_options)
     if entry is not None and not upsampling:
         modules = sorted({u.module for u in UPSAMPLERS.values() if u.scale_at is not None})
         raise ValueError(f"{model} ({source}) has no upsampling row ({', '.join(modules)}) to replace")
     if downsample and not downsampling:
         raise ValueError(f"{model} ({source}) has no stride-2 (or more) Conv row [c2, k, s] in its head to replace")
+    if head_entry is not None and not heading:
+        raise ValueError(f"{model} ({source}): its {rows[-1][2]} head has no upsampling of its own for --heads to "
+                         f"swap; heads that have one: {', '.join(HEAD_TWINS)} (segmentation)")
 
     note = "# carafe-ultra (convert_yaml): " + source.name + " with "
     swaps = []
@@ -142,24 +162,41 @@ def convert_yaml(
     if downsampling:
         swaps.append(f"its neck's strided Conv rows (layers {', '.join(map(str, downsampling))}) as {DOWNSAMPLER} rows "
                      "(same output channels and stride)")
+    for index, row in heading.items():
+        swaps.append(f"its {rows[index][2]} head (layer {index}) as {row[2]}, whose mask branch upsamples with "
+                     f"{head_entry.name}")
     note += " and ".join(swaps) + ".\n"
     if entry is not None and yaml_module_class(entry.module) in conv_like_modules():  # its rows state their channels
         note += ("# Each row's c2 repeats the nominal channels of the layer feeding it, so every channel count "
                  "stays as it was at every scale.\n")
-    suffixes = [*UPSAMPLERS, DOWN_SUFFIX, BOTH_SUFFIX]
+    suffixes = [*UPSAMPLERS, DOWN_SUFFIX, BOTH_SUFFIX, HEAD_ONLY_SUFFIX, HEAD_SUFFIX]
     stem = re.sub(rf"(-({'|'.join(map(re.escape, suffixes))}))+$", "", Path(model).stem)  # no "-carafe-nearest"
-    out = Path(out_dir if out_dir is not None else ".") / f"{stem}-{_suffix(upsampler_name, downsample)}.yaml"
+    suffix = _suffix(upsampler_name, downsample, head_entry and head_entry.name)
+    out = Path(out_dir if out_dir is not None else ".") / f"{stem}-{suffix}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(note + _rewrite_rows(text, source, rows, len(backbone), upsampling | downsampling))
+    out.write_text(note + _rewrite_rows(text, source, rows, len(backbone), upsampling | downsampling | heading))
     return str(out)
 
 
-def _suffix(upsampler_name: str | None, downsample: bool) -> str:
-    if not downsample:
-        return upsampler_name
-    if upsampler_name == "carafe":
-        return BOTH_SUFFIX
-    return DOWN_SUFFIX if upsampler_name is None else f"{upsampler_name}-{DOWN_SUFFIX}"
+def _suffix(upsampler_name: str | None, downsample: bool, head_name: str | None = None) -> str:
+    neck = upsampler_name
+    if downsample:
+        neck = BOTH_SUFFIX if upsampler_name == "carafe" else (
+            DOWN_SUFFIX if upsampler_name is None else f"{upsampler_name}-{DOWN_SUFFIX}")
+    if head_name is None:
+        return neck
+    if neck is None:
+        return f"{head_name}-{HEAD_ONLY_SUFFIX}"
+    return f"{neck}-{HEAD_SUFFIX}" if head_name == upsampler_name else f"{neck}-{head_name}-{HEAD_SUFFIX}"
+
+
+def _head_row(row: list, upsampler_name: str, options: dict | None) -> list:
+    """A stock segmentation head's row (or one of ours) as our head's row with ``upsampler_name`` (and ``options``)
+    in its mask branch: the stock head's arguments, then the upsampler, then its options if any."""
+    origin, repeats, module, args = row
+    ours = HEAD_TWINS[module][0] if module in HEAD_TWINS else module
+    position = HEAD_ROWS[ours][1]
+    return [origin, repeats, ours, [*args[:position], upsampler_name, *([dict(options)] if options else [])]]
 
 
 def _neck_conv_stride(module: str, args: list) -> int | None:
@@ -237,11 +274,14 @@ def _flow_list_span(line: str) -> tuple[int, int]:
 
 
 def _flow(value) -> str:
-    """Row arguments as the stock files write them: [None, 2, "nearest"] (None bare, other strings quoted)."""
+    """Row arguments as the stock files write them: [None, 2, "nearest"] (None bare, other strings quoted), and
+    options as a flow mapping ({kernel_size: 3})."""
     if isinstance(value, list):
         return "[" + ", ".join(_flow(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_flow(item)}" for key, item in value.items()) + "}"
     if value is None:
         return "null"
-    if isinstance(value, str) and value != "None":
+    if isinstance(value, str) and value not in ("None", "nc"):  # the class count's name stays bare, as written
         return json.dumps(value)
     return str(value)

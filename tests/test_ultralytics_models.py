@@ -213,6 +213,29 @@ def test_parse_model_without_base_modules_fails_clearly():
         _parse_model_with_ours(FakeTasks, "9.0.0")
 
 
+def test_parse_model_that_no_longer_names_the_stock_heads_fails_clearly():
+    class FakeTasks:
+        @staticmethod
+        def parse_model(d, ch, verbose=True):
+            base_modules = frozenset({Conv})  # only read, as source: parse_model never runs here
+            return d
+
+    with pytest.raises(UnsupportedUltralyticsError, match="parse_model no longer names Segment, Segment26, .* in a set "
+                                                          "of heads"):
+        _parse_model_with_ours(FakeTasks, "9.0.0")
+
+
+def test_the_upsampler_table_says_which_rows_parse_model_reads_like_conv_rows():
+    from carafe_ultra.integration import conv_like_modules, yaml_module_class
+    from carafe_ultra.upsamplers import UPSAMPLERS
+
+    for entry in UPSAMPLERS.values():
+        assert entry.conv_like == (yaml_module_class(entry.module) in conv_like_modules()), entry.name
+        built = entry.build(16, 2)
+        assert type(built) is yaml_module_class(entry.module)
+        assert built(torch.zeros(1, 16, 4, 4)).shape == (1, 16, 8, 8)
+
+
 def test_pyproject_declares_the_tested_range():
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert re.search(r'"ultralytics>=8\.3\.65,<8\.5"', text)

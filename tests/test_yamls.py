@@ -10,7 +10,7 @@ import yaml
 
 from carafe_ultra import carafe_yaml, convert_yaml, model_dir, model_yaml
 from carafe_ultra.yamls import find_model_yaml
-from tests.ultralytics_helpers import SHIPPED_BASES, SHIPPED_BOTH, SHIPPED_FROM
+from tests.ultralytics_helpers import SHIPPED_BASES, SHIPPED_BOTH, SHIPPED_FROM, SHIPPED_HEAD
 from tests.ultralytics_helpers import STOCK_MODELS as STOCK
 
 ROOT = Path(__file__).resolve().parents[1]  # the shipped YAMLs' one source: the checkout's models/
@@ -22,7 +22,8 @@ def rows(path):
 
 
 def test_every_shipped_yaml_is_the_converters_output(tmp_path):
-    assert {p.name for p in (ROOT / "models").glob("*.yaml")} == set(SHIPPED_FROM) | set(SHIPPED_BOTH) | SHIPPED_BASES
+    shipped = set(SHIPPED_FROM) | set(SHIPPED_BOTH) | set(SHIPPED_HEAD) | SHIPPED_BASES
+    assert {p.name for p in (ROOT / "models").glob("*.yaml")} == shipped
     assert model_dir() == ROOT / "models"
     for name, stock in SHIPPED_FROM.items():
         written = carafe_yaml(stock.name, tmp_path)
@@ -30,6 +31,10 @@ def test_every_shipped_yaml_is_the_converters_output(tmp_path):
         assert Path(written).read_text() == (ROOT / "models" / name).read_text(), name
     for name, stock in SHIPPED_BOTH.items():
         written = convert_yaml(stock.name, "carafe", tmp_path, downsample=True)
+        assert Path(written).name == name
+        assert Path(written).read_text() == (ROOT / "models" / name).read_text(), name
+    for name, stock in SHIPPED_HEAD.items():
+        written = convert_yaml(stock.name, "carafe", tmp_path, heads=True)
         assert Path(written).name == name
         assert Path(written).read_text() == (ROOT / "models" / name).read_text(), name
 

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,11 @@ TINY_SHAPES = ShapesSpec(train_images=8, val_images=4, image_size=64, objects=(2
 def tiny_dataset(root: Path) -> str:
     """The tiny generated detection set under ``root``; the path of its data.yaml."""
     return str(shapes_dataset(TINY_SHAPES, root=root))
+
+
+def tiny_seg_dataset(root: Path) -> str:
+    """The same scenes' kind with instance masks (polygon labels): the path of its data.yaml."""
+    return str(shapes_dataset(replace(TINY_SHAPES, task="segment"), root=root))
 
 
 STOCK_MODELS = Path(ultralytics.__file__).parent / "cfg" / "models"
@@ -41,6 +47,11 @@ SHIPPED_FROM = {
 SHIPPED_BOTH = {
     "rtdetr-l-carafe-both.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-l.yaml",
     "yolo11-carafe-both.yaml": STOCK_MODELS / "11" / "yolo11.yaml",
+}
+# Shipped YAMLs with CARAFE in the neck and in the segmentation head's mask branch, by the stock file they convert.
+SHIPPED_HEAD = {
+    "yolo11-seg-carafe-head.yaml": STOCK_MODELS / "11" / "yolo11-seg.yaml",
+    "yolo26-seg-carafe-head.yaml": STOCK_MODELS / "26" / "yolo26-seg.yaml",
 }
 
 
