@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
 
         ablation.ultralytics_model = recording_model
         if argv[0] == "base":  # the base trains on "other generated data": here, the given set
-            ablation.default_data = lambda imgsz, seed=0: argv[1]
+            ablation.default_data = lambda imgsz, seed=0, task="detect": argv[1]
             settings = ablation.Settings(pretrain_epochs=4, imgsz=64, batch=4, workers=0, out=os.devnull)
             print(ablation.pretrained_base(settings))
         else:

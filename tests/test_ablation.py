@@ -175,7 +175,7 @@ def test_yolo_train_with_pretrained_weights(tmp_path, data, trained_stock):
 
 def test_pretrained_base_is_trained_once_and_cached(tmp_path, data, monkeypatch):
     monkeypatch.setenv("CARAFE_ULTRA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ablation, "default_data", lambda imgsz, seed=0: data)
+    monkeypatch.setattr(ablation, "default_data", lambda imgsz, seed=0, task="detect": data)
     settings = tiny(tmp_path, None, pretrain_epochs=1, arms=["nearest", "carafe"])
     messages = []
     run_ablation(settings, log=messages.append)
@@ -396,3 +396,72 @@ def test_restart_starts_the_folder_over(tmp_path, data, capsys):
     assert again["train_seconds"] != first["train_seconds"]
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"  # only the ablation's own files went
     assert "already finished" not in capsys.readouterr().out
+
+
+# --- instance segmentation ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory):
+    from tests.ultralytics_helpers import tiny_seg_dataset
+
+    return tiny_seg_dataset(tmp_path_factory.mktemp("seg-data"))
+
+
+def test_a_seg_model_makes_a_segmentation_ablation_from_a_pretrained_base(tmp_path, seg_data, monkeypatch):
+    monkeypatch.setenv("CARAFE_ULTRA_CACHE", str(tmp_path / "cache"))
+    asked = []
+    monkeypatch.setattr(ablation, "default_data", lambda imgsz, seed=0, task="detect": asked.append(task) or seg_data)
+    settings = tiny(tmp_path, None, model="yolo11n-seg.yaml", pretrain_epochs=1,
+                    arms=["nearest", "carafe", "carafe-head", "carafe-all"])
+    summary = run_ablation(settings, log=lambda line: None)
+    assert set(asked) == {"segment"}  # the generated set with instance masks, for the base and the arms
+    assert summary["task"] == "segment" and summary["verdict_metric"] == "mask_mAP50-95"
+    for arm in summary["arms"]:
+        assert {"mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"} <= set(arm) and arm["weights_taken"][0] > 300
+        if arm["upsampler"] != "nearest":
+            assert set(arm["delta_vs_nearest"]) == {"mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"}
+    runs = tmp_path / "out" / "runs"
+    for arm, neck, mask_branch in (("carafe", CARAFE, torch.nn.ConvTranspose2d),
+                                   ("carafe-head", torch.nn.Upsample, CARAFE), ("carafe-all", CARAFE, CARAFE)):
+        network = ultralytics_model(runs / f"{arm}-seed0" / "weights" / "best.pt").model
+        assert sum(isinstance(m, neck) for m in network.model) == 2 and isinstance(network.model[-1].proto.upsample,
+                                                                                    mask_branch), arm
+    result = json.loads((runs / "carafe-head-seed0" / "result.json").read_text())
+    assert 0 <= result["mask_mAP50_95"] <= result["mask_mAP50"] <= 1
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert "verdict (mask mAP50-95)" in table and "| carafe-all |" in table
+    assert sorted(p.name for p in (tmp_path / "out").glob("show-*.png")) == [
+        "show-carafe-all.png", "show-carafe-head.png", "show-carafe.png"]
+
+
+def test_a_seg_ablation_from_stock_weights_says_what_each_arm_took(tmp_path, seg_data):
+    stock = YOLO("yolo11n-seg.yaml")
+    stock.save(tmp_path / "yolo11n-seg.pt")
+    summary = run_ablation(tiny(tmp_path, seg_data, model="yolo11n-seg.yaml", weights=str(tmp_path / "yolo11n-seg.pt"),
+                                arms=["nearest", "carafe-head"]), log=lambda line: None)
+    taken = {a["upsampler"]: a["weights_taken"] for a in summary["arms"]}
+    assert taken["nearest"][1] - taken["nearest"][0] == 6  # the class convs: 80 classes in the weights, 5 in the data
+    # The same but the mask branch: its ConvTranspose2d (2 entries) is gone, its CARAFE (4) starts fresh.
+    assert taken["carafe-head"] == [taken["nearest"][0] - 2, taken["nearest"][1] - 2 + 4]
+
+
+@pytest.mark.parametrize("model", ["yolov8n.yaml", "yolo11n-pose.yaml"])
+def test_head_arms_need_a_segmentation_model(model):
+    with pytest.raises(ValueError, match=f"arm carafe-head swaps a segmentation head's mask branch, but {model} is a"):
+        Settings(model=model, arms=["nearest", "carafe-head"])
+
+
+def test_the_generated_set_follows_the_models_task():
+    from carafe_ultra.experiments import data
+
+    captured = []
+    original = data.shapes_dataset
+    try:
+        data.shapes_dataset = lambda spec: captured.append(spec) or "data.yaml"
+        ablation.generated_data(Settings(model="yolo11n-seg.yaml")), ablation.generated_data(Settings(), seed=1)
+    finally:
+        data.shapes_dataset = original
+    assert [(spec.task, spec.seed) for spec in captured] == [("segment", 0), ("detect", 1)]
+    with pytest.raises(ValueError, match="there is no generated data for pose models: give --data"):
+        ablation.generated_data(Settings(model="yolo11n-pose.yaml"))

@@ -159,6 +159,18 @@ def test_export_cost_counts_nodes_and_times_each_runtime_in_a_process_of_its_own
     assert "ONNX nodes:" in text and "each runtime in a process of its own" in text and "in its CARAFE layers" in text
 
 
+def test_export_cost_of_a_carafe_mask_branch_against_the_stock_seg_model():
+    from carafe_ultra.experiments.export_cost import export_cost, format_export_cost
+
+    result = export_cost("yolo11n-seg.yaml", imgsz=64, repeats=2, rounds=1, runtimes=("onnxruntime",), profile=True,
+                         heads=True)
+    nodes = result["onnx_nodes"]
+    assert result["carafe_layers"] == 3 and nodes["nearest"]["by_op"]["ConvTranspose"] == 1  # the stock Proto's
+    assert "ConvTranspose" not in nodes["carafe"]["by_op"] and nodes["carafe"]["by_op"]["Gather"] == 3
+    assert 0 < result["profile"]["carafe_layers_ms"] < result["profile"]["total_ms"]
+    assert "CARAFE in the neck and the mask branch against the stock model" in format_export_cost(result)
+
+
 @pytest.mark.parametrize("runtimes", [("tensorrt",), ()])
 def test_export_cost_refuses_an_unknown_runtime(runtimes):
     from carafe_ultra.experiments.export_cost import export_cost

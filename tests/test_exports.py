@@ -263,3 +263,113 @@ def test_int8_accuracy_validates_both_exports_of_a_trained_model(yolo26, data):
     pytorch = ultralytics_model(trained).val(data=data, imgsz=64, batch=1, device="cpu", plots=False, verbose=False)
     assert abs(row["fp32"]["mAP50_95"] - float(pytorch.box.map)) <= 0.02
     assert format_int8_accuracy([row]).count("\n") == 2
+
+
+# --- instance segmentation: YOLO11n-seg with CARAFE in the neck and the mask branch -------------------------------
+
+SEG_IMGSZ = 128
+
+
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory):
+    from tests.ultralytics_helpers import tiny_seg_dataset
+
+    return tiny_seg_dataset(tmp_path_factory.mktemp("seg-data"))
+
+
+def seg_images(data) -> list[Path]:
+    return sorted(Path(data).parent.glob("images/*/*.png"))
+
+
+@pytest.fixture(scope="module")
+def yolo11_seg(seg_data, tmp_path_factory):
+    """YOLO11n-seg-carafe-head (untrained) whose instances are fixed far from every threshold
+    (``export_parity.fixed_instances``): its masks are then its mask branch's work alone."""
+    import cv2
+
+    folder = tmp_path_factory.mktemp("seg")
+    model = ultralytics_model(model_yaml("yolo11n-seg-carafe-head.yaml"))
+    image = cv2.resize(cv2.imread(str(seg_images(seg_data)[0])), (SEG_IMGSZ, SEG_IMGSZ))[..., ::-1]
+    export_parity.fixed_instances(model.model, torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float() / 255)
+    model.save(folder / "seg.pt")
+    return folder / "seg.pt"
+
+
+def instances(path, images, imgsz: int = SEG_IMGSZ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Ultralytics' own predictions per image: boxes (x1 y1 x2 y2 score class rows) and masks (booleans at the
+    image's size), every instance kept (IoU 1 suppresses only identical boxes)."""
+    results = ultralytics_model(path).predict(images, imgsz=imgsz, conf=0.5, iou=1.0, max_det=10_000, verbose=False,
+                                              device="cpu")
+    return [(r.boxes.data.cpu().numpy().astype(np.float64), r.masks.data.cpu().numpy() > 0.5) for r in results]
+
+
+def assert_same_instances(want: list, got: list) -> None:
+    """Every instance has a partner (boxes within BOX_TOLERANCE pixels) whose mask covers its mask with IoU >= 0.99."""
+    for (want_boxes, want_masks), (got_boxes, got_masks) in zip(want, got, strict=True):
+        partners = export_parity.pair_detections(want_boxes, got_boxes)
+        assert len(want_boxes) > 50 and partners is not None, (len(want_boxes), len(got_boxes))
+        assert np.abs(got_boxes[partners, :4] - want_boxes[:, :4]).max() <= BOX_TOLERANCE
+        ious = export_parity.mask_ious(want_masks, got_masks, partners)
+        assert ious.min() >= 0.99 and want_masks.sum((1, 2)).min() > 0, (ious.min(), np.sort(ious)[:5])
+
+
+@pytest.fixture
+def openvino_in_float32(monkeypatch):
+    """OpenVINO's CPU plugin runs FP32 models in bfloat16 where the CPU has it (AMX): parity with PyTorch is asked of
+    the exported model, in the precision it holds."""
+    import openvino
+
+    class Float32Core(openvino.Core):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.set_property("CPU", {"INFERENCE_PRECISION_HINT": openvino.Type.f32})
+
+    monkeypatch.setattr(openvino, "Core", Float32Core)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
+                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
+                                 pytest.param("coreml", marks=needs("coremltools"))])
+def test_seg_exports_predict_the_boxes_and_masks_pytorch_predicts(fmt, yolo11_seg, seg_data, request):
+    out = yolo("export", yolo11_seg.parent, model=yolo11_seg, format=fmt, batch=1, imgsz=SEG_IMGSZ)
+    suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage",
+              "torchscript": ".torchscript"}[fmt]
+    exported = yolo11_seg.with_name(yolo11_seg.stem + suffix)
+    assert exported.exists(), out[-2000:]
+    if fmt == "coreml":  # converts; running it needs macOS
+        assert (exported / "Manifest.json").is_file()
+        return
+    if fmt == "openvino":
+        request.getfixturevalue("openvino_in_float32")
+    images = seg_images(seg_data)
+    assert_same_instances(instances(yolo11_seg, images), instances(exported, images))
+
+
+def test_dynamic_seg_onnx_export_predicts_what_pytorch_predicts_at_every_size(yolo11_seg, seg_data):
+    path = ultralytics_model(yolo11_seg).export(format="onnx", imgsz=SEG_IMGSZ, dynamic=True)
+    images = seg_images(seg_data)[:4]
+    for imgsz in (96, 160):
+        assert_same_instances(instances(yolo11_seg, images, imgsz), instances(path, images, imgsz))
+
+
+@needs("nncf")
+def test_openvino_int8_seg_export_runs_and_keeps_the_reassembly_in_floating_point(yolo11_seg, seg_data):
+    import openvino
+
+    out = yolo("export", yolo11_seg.parent, model=yolo11_seg, format="openvino", batch=1, imgsz=SEG_IMGSZ, int8=True,
+               data=seg_data)
+    folder = yolo11_seg.with_name(yolo11_seg.stem + "_int8_openvino_model")
+    assert folder.is_dir(), out[-2000:]
+    model = openvino.Core().read_model(next(folder.glob("*.xml")))
+    einsums = [op for op in model.get_ordered_ops() if op.get_type_name() == "Einsum"]
+    assert len(einsums) == 6  # two per CARAFE layer: the neck's two and the mask branch's, left in floating point
+    for einsum in einsums:
+        sources = [i.get_source_output().get_node() for i in einsum.inputs()]
+        sources += [i.get_source_output().get_node() for node in sources for i in node.inputs()]
+        assert not any(node.get_type_name() == "FakeQuantize" for node in sources)
+    compiled = openvino.Core().compile_model(model, "CPU")
+    outputs = compiled([np.random.default_rng(0).random((1, 3, SEG_IMGSZ, SEG_IMGSZ), dtype=np.float32)])
+    detections, prototypes = (outputs[port] for port in compiled.outputs)
+    locations = sum((SEG_IMGSZ // stride) ** 2 for stride in (8, 16, 32))
+    assert detections.shape == (1, 4 + 80 + 32, locations) and prototypes.shape == (1, 32, SEG_IMGSZ // 4, SEG_IMGSZ // 4)
+    assert np.isfinite(detections).all() and np.isfinite(prototypes).all()

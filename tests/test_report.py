@@ -86,3 +86,26 @@ def test_weights_transfer_is_reported(tmp_path):
     table = markdown_table(write_summary(pretrained, "d.yaml", "base.pt", [nearest, carafe], costs("nearest", "carafe")))
     assert "fine-tuned from a base with nearest upsampling trained 20 epochs on other generated scenes (`base.pt`)" in table
     assert Path(tmp_path / "summary.json").is_file()
+
+
+def test_a_segmentation_summary_judges_the_masks(tmp_path):
+    from carafe_ultra.experiments.tasks import SEGMENT
+
+    settings = Settings(model="yolo11n-seg.yaml", seeds=[0, 1, 2], arms=["nearest", "carafe-head"], out=str(tmp_path))
+    boxes, masks = {"nearest": (0.50, 0.30), "carafe-head": (0.50, 0.30)}, {"nearest": 0.20, "carafe-head": 0.23}
+    results = [RunResult(arm, seed, *boxes[arm], 60.0, mask_mAP50=masks[arm] + 0.1 + seed / 100,
+                         mask_mAP50_95=masks[arm] + seed / 100 + (0.002 if arm == "nearest" and seed == 1 else 0))
+               for seed in (0, 1, 2) for arm in ("nearest", "carafe-head")]
+    summary = write_summary(settings, "d.yaml", None, results, costs("nearest", "carafe-head"), task=SEGMENT)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["task"] == "segment" and saved["verdict_metric"] == "mask_mAP50-95"
+    head = {a["upsampler"]: a for a in saved["arms"]}["carafe-head"]
+    assert set(head["delta_vs_nearest"]) == {"mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"}
+    assert head["mask_mAP50-95_runs"] == pytest.approx([0.23, 0.24, 0.25])
+    table = (tmp_path / "summary.md").read_text()
+    assert ("| upsampler | mAP50 | Δ mAP50 | mAP50-95 | Δ mAP50-95 | mask mAP50 | Δ mask mAP50 | mask mAP50-95 "
+            "| Δ mask mAP50-95 | verdict (mask mAP50-95) | params | GFLOPs | latency ms |") in table
+    assert "| better | 101 |" in table  # on the masks; the boxes are equal
+    assert "carafe-head against nearest over 3 paired seed(s): mask mAP50-95 better (+0.029" in table
+    assert "mAP50-95 not distinguishable at this budget (+0.000 [+0.000, +0.000])" in table
+    assert markdown_table(summary) == table and (tmp_path / "summary.png").stat().st_size > 20_000

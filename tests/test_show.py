@@ -218,3 +218,40 @@ def test_bad_input_is_a_usage_error(case, message, checkpoints, image, stock, tm
     run = command(*args, "--imgsz" if case != "imgsz" else "--out", IMGSZ if case != "imgsz" else tmp_path / "x.png")
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert re.search(rf"python -m carafe_ultra show: error: (\S*/)?{message}", run.stderr), run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("model", ["yolo11n-seg.yaml", "yolo26n-seg.yaml"])
+def test_the_mask_branch_kernels_and_prototypes(model, image, tmp_path):
+    path = tmp_path / "seg.pt"
+    ultralytics_model(convert_yaml(model, "carafe", tmp_path, heads=True)).save(path)
+    figure, inspection = show(path, image, imgsz=IMGSZ, out=tmp_path / "figure.png")
+    inside = [v for v in inspection.layers if isinstance(v.index, str)]
+    expected = ["23.proto.upsample"] + (["23.proto.lifts.0", "23.proto.lifts.1"] if "26" in model else [])
+    assert [v.index for v in inspection.layers] == [11, 14, *expected]
+    network = ultralytics_model(path).model.float().eval()
+    captured = {}
+    network.model[23].proto.register_forward_hook(lambda m, args, out: captured.__setitem__("protos", out))
+    network.model[23].proto.upsample.register_forward_hook(lambda m, args, out: captured.__setitem__("up", args[0]))
+    boxed, _ = letterbox(cv2.imread(str(image)), IMGSZ)
+    with torch.no_grad():
+        network(torch.from_numpy(boxed[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255)
+        masks = network.model[23].proto.upsample.masks(captured["up"])[0].numpy()
+    mask_branch = inside[0]
+    np.testing.assert_allclose(mask_branch.masks, masks, atol=1e-6)  # the kernels drawn are its own masks
+    assert mask_branch.prototypes.shape == (*captured["protos"].shape[2:], 3)  # 2x P3: the upsampled prototypes
+    assert all(v.prototypes is not None for v in inside) and all(v.prototypes is None for v in inspection.layers[:2])
+    text = "\n".join(titles(figure))
+    assert "23 mask upsample CARAFE, point 1" in text and "layer 23: the mask branch's\nprototypes" in text
+    with pytest.raises(ValueError, match=r"layer\(s\) \['23.proto.nothing'\] of .* are not CARAFE.*; those are 11 "
+                                         r"\(CARAFE\), 14 \(CARAFE\), 23.proto.upsample \(CARAFE\)"):
+        inspect_image(path, image, layers=["23.proto.nothing"], imgsz=IMGSZ)
+
+
+def test_the_command_line_takes_a_mask_branch_layer(image, tmp_path):
+    path = tmp_path / "seg.pt"
+    ultralytics_model(model_yaml("yolo11n-seg-carafe-head.yaml")).save(path)
+    run = subprocess.run([sys.executable, "-m", "carafe_ultra", "show", str(path), str(image), "--imgsz", str(IMGSZ),
+                          "--layers", "23.proto.upsample", "--out", str(tmp_path / "f.png")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"{tmp_path / 'f.png'}: layers 23.proto.upsample (CARAFE)" in run.stdout

@@ -41,6 +41,8 @@ from . import grid, resume
 from .atomic import replaced_atomically, write_text_atomically
 from .data_check import check_data
 from .settings_record import RECORD, SettingsChanged, check_same_experiment
+from .tasks import label as metric_label
+from .tasks import task_of
 from .timing import interleaved_seconds, synchronizer
 
 DEFAULT_ARMS = ("nearest", "carafe")
@@ -98,6 +100,11 @@ class Settings:
         arms = [parse_arm(spec) for spec in self.arms]  # a wrong arm fails here, before any training
         if len({arm.folder for arm in arms}) != len(arms):
             raise ValueError(f"arms must be distinct, got {self.arms}")
+        task = task_of(self.model)  # one the ablation compares arms of
+        for arm in arms:
+            if arm.head and task.name != "segment":
+                raise ValueError(f"arm {arm.spec} swaps a segmentation head's mask branch, but {self.model} is a "
+                                 f"{task.name} model, whose head has no upsampling of its own")
         for name in ("gpus_per_run", "cpus_per_run"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -116,21 +123,27 @@ class Settings:
 
 # Arms with CARAFE++'s downsampling swap (the neck's strided Convs as CARAFEDown), by name: the upsampler they keep.
 DOWNSAMPLING_ARMS = {"carafe-down": "nearest", "carafe-both": "carafe"}
+# Arms that swap a segmentation head's mask branch (carafe_ultra.heads), by name: the neck's upsampler and the head's.
+HEAD_ARMS = {"carafe-head": ("nearest", "carafe"), "carafe-all": ("carafe", "carafe")}
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: an upsampler of the table, with options for our module's keyword arguments, and with ``downsample``
-    the neck's strided Conv rows as CARAFEDown rows.
+    """One arm: an upsampler of the table, with options for our module's keyword arguments, with ``downsample`` the
+    neck's strided Conv rows as CARAFEDown rows, and with ``head`` the segmentation head's mask branch upsampling
+    with that upsampler of the table.
 
     Written ``carafe`` or ``carafe:kernel_size=3,compressed_channels=16`` on the command line; ``carafe-down``
-    (nearest upsampling, CARAFEDown) and ``carafe-both`` (CARAFE and CARAFEDown) name the downsampling arms.
+    (nearest upsampling, CARAFEDown) and ``carafe-both`` (CARAFE and CARAFEDown) name the downsampling arms,
+    ``carafe-head`` (the stock neck, CARAFE in the mask branch) and ``carafe-all`` (CARAFE in both) the head arms,
+    whose options go to the mask branch's CARAFE (and the neck's, in carafe-all).
     """
 
     spec: str
     upsampler: Upsampler
     options: dict
     downsample: bool = False
+    head: str | None = None
 
     @property
     def folder(self) -> str:
@@ -144,17 +157,26 @@ class Arm:
         if self.upsampler.module_class is not None:  # after c1 and c2, which come from the model
             parameters = list(inspect.signature(self.upsampler.module_class).parameters.values())[2:]
             options = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-        return {"upsampler": self.upsampler.name, **options, **self.options, "downsample": self.downsample}
+        return {"upsampler": self.upsampler.name, **options, **self.options, "downsample": self.downsample,
+                **({"head": self.head} if self.head else {})}
+
+    def yaml(self, model: str, folder: Path) -> str:
+        """Write the arm's model YAML (``model`` converted) into ``folder``; its path."""
+        neck_options = self.options if self.head in (None, self.upsampler.name) else None
+        return convert_yaml(model, self.upsampler.name, folder, neck_options, downsample=self.downsample,
+                            heads=self.head or False, head_options=self.options if self.head else None)
 
 
 def parse_arm(spec: str) -> Arm:
     """The arm a spec names; raises ``ValueError`` naming what is wrong with it."""
     name, _, listed = spec.partition(":")
     name = name.strip()
-    if name not in UPSAMPLERS and name not in DOWNSAMPLING_ARMS:
-        raise ValueError(f"unknown arm {name!r}; choose from {', '.join([*UPSAMPLERS, *DOWNSAMPLING_ARMS])}")
+    if name not in UPSAMPLERS and name not in DOWNSAMPLING_ARMS and name not in HEAD_ARMS:
+        names = [*UPSAMPLERS, *DOWNSAMPLING_ARMS, *HEAD_ARMS]
+        raise ValueError(f"unknown arm {name!r}; choose from {', '.join(names)}")
     downsample = name in DOWNSAMPLING_ARMS
-    entry = upsampler(DOWNSAMPLING_ARMS.get(name, name))
+    neck, head = HEAD_ARMS.get(name, (DOWNSAMPLING_ARMS.get(name, name), None))
+    entry = upsampler(neck)
     options = {}
     for item in filter(None, (part.strip() for part in listed.split(","))):
         key, equals, value = (part.strip() for part in item.partition("="))
@@ -164,20 +186,35 @@ def parse_arm(spec: str) -> Arm:
             options[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             raise ValueError(f"arm {spec!r}: {value!r} is not a literal (a number, True, False or None)") from None
-    entry.yaml_args(64, 2, options)  # unknown option names fail here
-    return Arm(spec, entry, options, downsample)
+    upsampler(head or neck).yaml_args(64, 2, options)  # unknown option names fail here
+    return Arm(spec, entry, options, downsample, head)
 
 
-def default_data(imgsz: int, seed: int = 0) -> str:
+def default_data(imgsz: int, seed: int = 0, task: str = "detect") -> str:
     """The generated shapes set for this image size: at 160 px 256 training and 64 validation images with 4-12
     objects each; at other sizes the same pixels and objects per split, in fewer, larger images (objects keep
-    their pixel sizes, so only the field of view grows). Another ``seed`` draws other scenes."""
+    their pixel sizes, so only the field of view grows). Another ``seed`` draws other scenes; ``task="segment"``
+    labels them with exact polygons (instance masks) instead of boxes."""
     from .data import ShapesSpec, shapes_dataset  # OpenCV draws them: imported where data is made
 
     area = (imgsz / 160) ** 2
     spec = ShapesSpec(train_images=max(4, round(256 / area)), val_images=max(2, round(64 / area)), image_size=imgsz,
-                      objects=(round(4 * area), round(12 * area)), seed=seed)
+                      objects=(round(4 * area), round(12 * area)), seed=seed, task=task)
     return str(shapes_dataset(spec))
+
+
+def generated_data(settings: Settings, seed: int = 0) -> str:
+    """The generated set for the model of ``settings`` (boxes, or instance masks for a segmentation model) at its
+    image size; ``seed`` 1 draws the other scenes the pretrained base trains on."""
+    task = task_of(settings.model)
+    if task.data is None:
+        raise ValueError(f"there is no generated data for {task.name} models: give --data")
+    return default_data(settings.imgsz, seed, task.data)
+
+
+def ablation_data(settings: Settings) -> str:
+    """The data the runs of ``settings`` train on: ``--data``, or else the generated set."""
+    return settings.data or generated_data(settings)
 
 
 def base_checkpoint(settings: Settings) -> str:
@@ -237,7 +274,7 @@ def pretrained_base(settings: Settings, log: Callable[[str], None] = print) -> s
             f"generated data, {resume.how_it_starts(training)}")
         model = ultralytics_model(convert_yaml(settings.model, "nearest", folder))
         resume.train(model, training, _trainer(model, recipe_of_base), **recipe(recipe_of_base, 0),
-                     data=default_data(settings.imgsz, seed=1))
+                     data=generated_data(settings, seed=1))
         with replaced_atomically(base) as temporary:
             shutil.copyfile(training / "weights" / "best.pt", temporary)
         shutil.rmtree(training)
@@ -250,10 +287,12 @@ class RunResult:
 
     upsampler: str
     seed: int
-    mAP50: float
+    mAP50: float  # of the boxes
     mAP50_95: float
     train_seconds: float
     weights_taken: list[int] | None = None  # [state entries taken over from the weights, entries in all]
+    mask_mAP50: float | None = None  # instance segmentation: of the masks
+    mask_mAP50_95: float | None = None
 
 
 @dataclass
@@ -280,14 +319,12 @@ def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | N
     """Train one arm with one seed (from ``weights``, if given), resuming from the checkpoint an interrupted
     attempt left, and evaluate its final model; ends by writing ``result.json``."""
     run_dir = _run_dir(settings, arm, seed)
-    out = run_dir.parents[1]
-    model = ultralytics_model(convert_yaml(settings.model, arm.upsampler.name, out / "yamls" / arm.folder, arm.options,
-                                           downsample=arm.downsample))
+    model = ultralytics_model(arm.yaml(settings.model, run_dir.parents[1] / "yamls" / arm.folder))
     if weights:
         model.add_callback("on_pretrain_routine_end", functools.partial(_note_weights_taken, weights=weights))
     metrics, trainer = resume.train(model, run_dir, _trainer(model, settings), **recipe(settings, seed, weights),
                                     data=data)
-    result = RunResult(upsampler=arm.spec, seed=seed, mAP50=float(metrics.box.map50), mAP50_95=float(metrics.box.map),
+    result = RunResult(upsampler=arm.spec, seed=seed, **task_of(settings.model).measure(metrics),
                        train_seconds=trainer.train_seconds, weights_taken=trainer.notes.get("weights_taken"))
     write_text_atomically(run_dir / "result.json", json.dumps(asdict(result), indent=2) + "\n")
     resume.checkpoint_path(run_dir).unlink(missing_ok=True)  # finished: a re-run reuses result.json instead
@@ -439,7 +476,7 @@ def run_ablation(settings: Settings, log: Callable[[str], None] = print, task: g
     request = ray_request(settings) if settings.ray else None  # a request that fits no node fails before anything
     check_same_experiment(settings.out, experiment_record(settings))  # before anything is trained or made
     if not settings.data:
-        default_data(settings.imgsz)  # made once, before the runs that read it
+        generated_data(settings)  # made once, before the runs that read it
     weights = pretrained_base(settings, log) if settings.pretrain_epochs else settings.weights
     runs = grid_runs(settings)
     if settings.shard:
@@ -481,6 +518,7 @@ def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: 
     of those that failed."""
     failures: dict[grid.Run, str] = {}
     count = iter(range(1, len(pending) + 1))
+    metrics = task_of(settings.model).metrics
 
     def done(run: grid.Run, result: RunResult | None, error: str | None) -> None:
         number = next(count)
@@ -488,8 +526,10 @@ def _train(settings: Settings, pending: list[grid.Run], task: grid.Task, label: 
             failures[run] = error
             log(f"[{number}/{len(pending)}] {run[0]} (seed {run[1]}) FAILED: {error}")
         else:
+            figures = ", ".join(f"{metric_label(key)} {getattr(result, field):.3f}"
+                                for key, (field, _) in metrics.items())
             log(f"[{number}/{len(pending)}] {run[0]} (seed {run[1]}) done in {result.train_seconds / 60:.1f} min: "
-                f"mAP50 {result.mAP50:.3f}, mAP50-95 {result.mAP50_95:.3f}")
+                f"{figures}")
 
     folder_of = functools.partial(_folder, settings)
     resuming = {run: epochs for run in pending if (epochs := resume.completed_epochs(folder_of(run))) is not None}
@@ -526,7 +566,7 @@ def train_run(settings: Settings, weights: str | None, run: grid.Run, device: st
         raise FileNotFoundError(f"the weights {weights} are not visible on {socket.gethostname()}: put them (and "
                                 "CARAFE_ULTRA_CACHE, with --pretrain-epochs) on storage that every machine sees")
     alone = replace(settings, device=device, jobs=1, gpus_per_run=None, ray=None, shard=None)
-    return run_arm(alone, parse_arm(run[0]), run[1], settings.data or default_data(settings.imgsz), weights)
+    return run_arm(alone, parse_arm(run[0]), run[1], ablation_data(settings), weights)
 
 
 def train_logged(settings: Settings, weights: str | None, run: grid.Run, device: str) -> RunResult:
@@ -561,8 +601,9 @@ def write_report(settings: Settings, log: Callable[[str], None] = print) -> dict
     first_seeds = {arm.spec: next(r.seed for r in results if r.upsampler == arm.spec) for arm in arms}
     costs, where = arm_costs(settings, arms, first_seeds)
     weights = base_checkpoint(settings) if settings.pretrain_epochs else settings.weights
-    summary = write_summary(settings, settings.data or default_data(settings.imgsz), weights, results, costs,
-                            missing=[f"{spec} seed {seed}" for spec, seed in missing], latency_device=where)
+    summary = write_summary(settings, ablation_data(settings), weights, results, costs,
+                            missing=[f"{spec} seed {seed}" for spec, seed in missing], latency_device=where,
+                            task=task_of(settings.model))
     if missing:
         log(f"{len(missing)} run(s) missing from the summary: " + ", ".join(f"{s} seed {d}" for s, d in missing))
     _show_carafe_arms(settings, arms, first_seeds, log)
@@ -576,12 +617,12 @@ def _show_carafe_arms(settings: Settings, arms: list[Arm], seeds: dict[str, int]
 
     from .show import show
 
-    image = first_validation_image(settings.data or default_data(settings.imgsz))
+    image = first_validation_image(ablation_data(settings))
     if image is None:
         log("no validation image found to draw the CARAFE arms' kernels on")
         return
     for arm in arms:
-        if arm.upsampler.module_class is CARAFE or arm.downsample:
+        if arm.upsampler.module_class is CARAFE or arm.downsample or arm.head == "carafe":
             figure, _ = show(_run_dir(settings, arm, seeds[arm.spec]) / "weights" / "best.pt", image,
                              imgsz=settings.imgsz, out=Path(settings.out) / f"show-{arm.folder}.png")
             plt.close(figure)
@@ -602,7 +643,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ablation's command-line options (``python -m carafe_ultra ablate``, ``scripts/ablate.py``)."""
     defaults = Settings()
     parser.add_argument("--model", default=defaults.model,
-                        help="model family: any RT-DETR or YOLO YAML, stock (yolov8n.yaml) or ours (yolov8n-carafe.yaml)")
+                        help="model family: any RT-DETR or YOLO YAML, stock (yolov8n.yaml) or ours (yolov8n-carafe.yaml); "
+                             "a segmentation model (yolo11n-seg.yaml) makes it a segmentation ablation, judged on "
+                             "mask mAP50-95")
     parser.add_argument("--data", default=None,
                         help="Ultralytics data YAML (default: the generated shapes set, made for --imgsz)")
     parser.add_argument("--weights", default=None,
@@ -650,7 +693,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arms", nargs="+", default=defaults.arms, metavar="ARM",
                         help=f"upsamplers: {', '.join(UPSAMPLERS)}; options after a colon, e.g. "
                              "carafe:kernel_size=3,compressed_channels=16; carafe-down (the neck's strided Convs as "
-                             "CARAFE++ downsamplers, nearest upsampling) and carafe-both (CARAFE and CARAFEDown)")
+                             "CARAFE++ downsamplers, nearest upsampling) and carafe-both (CARAFE and CARAFEDown); "
+                             "for segmentation models carafe-head (CARAFE in the mask branch, the stock neck) and "
+                             "carafe-all (CARAFE in the neck and the mask branch)")
     parser.add_argument("--out", default=defaults.out,
                         help="output folder: a re-run of the same command resumes there; other settings are refused")
     parser.add_argument("--restart", action="store_true",

@@ -472,6 +472,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="--export: rounds, each a fresh process per runtime")
     parser.add_argument("--profile", action="store_true",
                         help="--export: also ONNX Runtime's per-operator profile of the CARAFE model")
+    parser.add_argument("--heads", action="store_true",
+                        help="--export of a segmentation model: CARAFE in its mask branch too (convert --heads), "
+                             "against the stock model")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to this JSON file")
     parser.add_argument("--small", action="store_true", help="CPU: a tiny case, to check the script itself quickly")
     parser.add_argument("--downsample", action="store_true",
@@ -504,7 +507,7 @@ def main(args: argparse.Namespace) -> None:
             print(budget_markdown([Budget(**b) for b in budgets]) + "\n")
     elif args.export:
         result = export_cost(args.model, args.imgsz or 640, repeats=args.repeats or 40, rounds=args.rounds,
-                             profile=args.profile)
+                             profile=args.profile, heads=args.heads)
         print(format_export_cost(result))
     elif args.int8_accuracy:
         result = int8_accuracy(args.int8_accuracy, args.data, args.imgsz)

@@ -1,8 +1,12 @@
-"""A small detection dataset generated on the spot (nothing is downloaded), deterministic for a given spec.
+"""A small dataset generated on the spot (nothing is downloaded), deterministic for a given spec: boxes for
+detection, or exact instance masks for instance segmentation.
 
 Scenes are made so that upsampling quality can matter: many small objects of several classes, objects that
 touch or overlap, thin distractors and textured clutter on a noisy background. Images are PNG (lossless, so
-the same spec gives the same bytes) in Ultralytics' YOLO layout with a ``data.yaml`` beside them.
+the same spec gives the same bytes) in Ultralytics' YOLO layout with a ``data.yaml`` beside them. For segmentation
+(``task="segment"``) every object is drawn by filling the polygon its label gives (Ultralytics' polygon format,
+one polygon per instance; a ring is one polygon around its hole, joined to it by a seam), so the polygon and the
+pixels agree exactly; those objects touch but never overlap, so no instance hides part of another.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import numpy as np
 from .._checks import check_int
 
 CLASSES = ("disc", "square", "triangle", "ring", "cross")
+TASKS = ("detect", "segment")  # what the labels are: boxes, or polygons (instance masks)
+CIRCLE_VERTICES = 32  # of the polygons of discs and rings
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,11 @@ class ShapesSpec:
     touching: float = 0.35  # chance that an object is placed against the previous one
     distractors: tuple[int, int] = (2, 6)
     seed: int = 0
+    task: str = "detect"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         check_int("train_images", self.train_images, minimum=1)
         check_int("val_images", self.val_images, minimum=1)
         check_int("image_size", self.image_size, minimum=16)
@@ -52,7 +61,10 @@ class ShapesSpec:
             raise ValueError(f"touching must be a probability in [0, 1], got {self.touching}")
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        fields = asdict(self)
+        if self.task == "detect":  # the detection sets keep the names (and caches) they had before tasks
+            del fields["task"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def default_cache_dir() -> Path:
@@ -88,9 +100,14 @@ def _generate(spec: ShapesSpec, folder: Path) -> None:
         (folder / "images" / split).mkdir(parents=True, exist_ok=True)
         (folder / "labels" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            image, labels = _scene(spec, rng)
+            if spec.task == "segment":
+                image, polygons = _segment_scene(spec, rng)
+                rows = [f"{c} " + " ".join(f"{v / spec.image_size:.6f}" for v in polygon.ravel())
+                        for c, polygon in polygons]
+            else:
+                image, labels = _scene(spec, rng)
+                rows = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
             cv2.imwrite(str(folder / "images" / split / f"{index:05d}.png"), image)
-            rows = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
             (folder / "labels" / split / f"{index:05d}.txt").write_text("\n".join(rows) + "\n")
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASSES))
     data_yaml.write_text(f"path: {folder}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
@@ -119,6 +136,65 @@ def _scene(spec: ShapesSpec, rng: np.random.Generator) -> tuple[np.ndarray, list
         x1, y1, x2, y2 = box
         labels.append((cls, (x1 + x2) / 2 / size, (y1 + y2) / 2 / size, (x2 - x1) / size, (y2 - y1) / size))
     return image, labels
+
+
+def _segment_scene(spec: ShapesSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """An image and its instances as (class, polygon of integer pixel vertices): each object is drawn by filling its
+    polygon, placed against the previous one or anywhere, never overlapping another (a placement that would is
+    tried again, a few times, then the object left out)."""
+    size = spec.image_size
+    base = rng.integers(40, 200, size=3)
+    image = np.clip(base + rng.normal(0, 18, (size, size, 3)), 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(*spec.distractors, endpoint=True))):  # under the objects: they cover it
+        p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
+        cv2.line(image, tuple(int(v) for v in p1), tuple(int(v) for v in p2), _colour(rng), 1, cv2.LINE_AA)
+    taken = np.zeros((size, size), np.uint8)
+    instances, previous = [], None
+    for _ in range(int(rng.integers(*spec.objects, endpoint=True))):
+        side = int(rng.integers(*spec.object_size, endpoint=True))
+        cls, colour = int(rng.integers(len(CLASSES))), _colour(rng)
+        for _attempt in range(5):
+            if previous is not None and rng.random() < spec.touching:  # beside the last object, a pixel or two away
+                px, py, pside = previous
+                x0 = int(np.clip(px + pside + int(rng.integers(1, 2, endpoint=True)), 0, size - side))
+                y0 = int(np.clip(py + int(rng.integers(-side // 2, side // 2, endpoint=True)), 0, size - side))
+            else:
+                x0, y0 = (int(v) for v in rng.integers(0, size - side, 2, endpoint=True))
+            polygon = _polygon(CLASSES[cls], x0, y0, side)
+            mask = cv2.fillPoly(np.zeros_like(taken), [polygon], 1)
+            if not (mask & taken).any():
+                break
+        else:
+            continue
+        taken |= cv2.dilate(mask, np.ones((3, 3), np.uint8))  # and a pixel of air around it
+        cv2.fillPoly(image, [polygon], colour)
+        instances.append((cls, polygon))
+        previous = (x0, y0, side)
+    return image, instances
+
+
+def _polygon(name: str, x0: int, y0: int, side: int) -> np.ndarray:
+    """The polygon (integer pixel vertices, (V, 2)) of a ``name`` object in the square (x0, y0, side)."""
+    x1, y1, x2, y2 = x0, y0, x0 + side - 1, y0 + side - 1
+    cx, cy, radius = x0 + side // 2, y0 + side // 2, side // 2
+    if name == "disc":
+        return _circle(cx, cy, radius)
+    if name == "square":
+        return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.int32)
+    if name == "triangle":
+        return np.array([[cx, y1], [x2, y2], [x1, y2]], np.int32)
+    if name == "ring":  # around the outer circle, in to the hole, around it the other way, out again
+        outer, inner = _circle(cx, cy, radius), _circle(cx, cy, max(1, radius - max(2, side // 6)))
+        return np.concatenate([outer, outer[:1], inner[:1], inner[::-1], inner[:1]]).astype(np.int32)
+    bar = max(2, side // 4) // 2  # cross: a plus sign of bars about a quarter of the side wide
+    return np.array([[cx - bar, y1], [cx + bar, y1], [cx + bar, cy - bar], [x2, cy - bar], [x2, cy + bar],
+                     [cx + bar, cy + bar], [cx + bar, y2], [cx - bar, y2], [cx - bar, cy + bar], [x1, cy + bar],
+                     [x1, cy - bar], [cx - bar, cy - bar]], np.int32)
+
+
+def _circle(cx: int, cy: int, radius: int) -> np.ndarray:
+    angles = np.linspace(0, 2 * np.pi, CIRCLE_VERTICES, endpoint=False)
+    return np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1).round().astype(np.int32)
 
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:

@@ -1,5 +1,6 @@
 """What CARAFE costs in a deployed model: the ONNX nodes it adds, and the exported model's CPU latency with
-CARAFE against nn.Upsample, in ONNX Runtime, OpenVINO and OpenVINO INT8 (NNCF, calibrated on the generated data).
+CARAFE against nn.Upsample (and with ``heads``, CARAFE in a segmentation head's mask branch too, against the stock
+model), in ONNX Runtime, OpenVINO and OpenVINO INT8 (NNCF, calibrated on the generated data).
 
 Two runtimes in one process slow each other (their thread pools compete), so each runtime is timed in a process of
 its own, the two arms taking turns inside it; a fresh process per round, several rounds. Per round and arm the
@@ -91,15 +92,24 @@ def operator_profile(path: str, imgsz: int, layers: list[str], repeats: int = 10
             "by_op_ms": dict(everything.most_common()), "carafe_layers_by_op_ms": dict(inside.most_common())}
 
 
-def _exported(exporter, runtime: str, imgsz: int, onnx_path: str) -> str:
-    """The file or folder ``runtime`` runs, exported from ``exporter``."""
+def _exported(exporter, runtime: str, imgsz: int, onnx_path: str, model: str) -> str:
+    """The file or folder ``runtime`` runs, exported from ``exporter`` (of ``model``'s family)."""
     if runtime == "onnxruntime":
         return onnx_path
     if runtime == "openvino":
         return exporter.export(format="openvino", imgsz=imgsz, batch=1)
     from .ablation import default_data
+    from .tasks import task_of
 
-    return exporter.export(format="openvino", imgsz=imgsz, batch=1, int8=True, data=default_data(imgsz))
+    calibration = default_data(imgsz, task=task_of(model).data or "detect")  # boxes, or instance masks
+    return exporter.export(format="openvino", imgsz=imgsz, batch=1, int8=True, data=calibration)
+
+
+def _onnx_scope(name: str) -> str:
+    """The prefix of the ONNX node names of the module ``name`` of an Ultralytics network: ``model.10`` ->
+    ``/model.10/``, ``model.23.proto.upsample`` -> ``/model.23/proto/upsample/``."""
+    row, _, inner = name.partition(".")[2].partition(".")
+    return f"/model.{row}/" + "".join(f"{part}/" for part in inner.split(".") if part)
 
 
 def fake_quantize_count(folder: str) -> int:
@@ -109,9 +119,10 @@ def fake_quantize_count(folder: str) -> int:
 
 
 def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40, rounds: int = 5,
-                runtimes: tuple[str, ...] = RUNTIMES, profile: bool = False) -> dict:
-    """Export ``model`` with nearest upsampling and with CARAFE (untrained: weights do not change the cost) for each
-    of ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time one image (batch 1) in each
+                runtimes: tuple[str, ...] = RUNTIMES, profile: bool = False, heads: bool = False) -> dict:
+    """Export ``model`` with nearest upsampling and with CARAFE (untrained: weights do not change the cost; with
+    ``heads`` CARAFE in the segmentation head's mask branch too, the stock head against it) for each of
+    ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time one image (batch 1) in each
     runtime on the CPU as the module docstring says; with ``profile``, ONNX Runtime's per-operator profile of the
     CARAFE model."""
     import onnx
@@ -119,15 +130,15 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
     unknown = sorted(set(runtimes) - set(RUNTIMES))
     if unknown or not runtimes:
         raise ValueError(f"runtimes must be among {', '.join(RUNTIMES)}; got {', '.join(unknown) or 'none'}")
-    result: dict = {"model": model, "imgsz": imgsz, "repeats": repeats, "rounds": rounds, "onnx_nodes": {},
-                    "latency_ms": {}}
+    result: dict = {"model": model, "heads": heads, "imgsz": imgsz, "repeats": repeats, "rounds": rounds,
+                    "onnx_nodes": {}, "latency_ms": {}}
     paths: dict[str, dict[str, str]] = {runtime: {} for runtime in runtimes}
     onnx_files: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         for arm in ARMS:
-            built = ultralytics_model(convert_yaml(model, arm, Path(folder) / arm))
-            if arm == "carafe":
-                layers = [f"/model.{i}/" for i, m in enumerate(built.model.model) if isinstance(m, CARAFE)]
+            built = ultralytics_model(convert_yaml(model, arm, Path(folder) / arm, heads=heads and arm == "carafe"))
+            if arm == "carafe":  # ONNX names a layer's nodes after its place: /model.10/..., /model.23/proto/upsample/...
+                layers = [_onnx_scope(name) for name, m in built.model.named_modules() if isinstance(m, CARAFE)]
                 result["carafe_layers"] = len(layers)
             checkpoint = Path(folder) / arm / f"{arm}.pt"
             built.save(checkpoint)  # exports land beside the checkpoint they come from, inside the temporary folder
@@ -137,7 +148,7 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
             result["onnx_nodes"][arm] = {"total": len(graph.node),
                                          "by_op": dict(Counter(node.op_type for node in graph.node))}
             for runtime in runtimes:
-                paths[runtime][arm] = _exported(exporter, runtime, imgsz, onnx_path)
+                paths[runtime][arm] = _exported(exporter, runtime, imgsz, onnx_path, model)
         if "openvino-int8" in runtimes:
             result["fake_quantize"] = {arm: fake_quantize_count(paths["openvino-int8"][arm]) for arm in ARMS}
         if any(runtime.startswith("openvino") for runtime in runtimes):
@@ -154,7 +165,8 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
             result["profile"] = operator_profile(onnx_files["carafe"], imgsz, layers)
     nodes = result["onnx_nodes"]
     result["nodes_added"] = nodes["carafe"]["total"] - nodes["nearest"]["total"]
-    result["nodes_per_carafe"] = result["nodes_added"] / result["carafe_layers"] + 1  # each replaces one Resize
+    if not heads:  # each replaces one Resize (the mask branch's replaces a ConvTranspose)
+        result["nodes_per_carafe"] = result["nodes_added"] / result["carafe_layers"] + 1
     return result
 
 
@@ -192,12 +204,15 @@ def format_int8_accuracy(rows: list[dict]) -> str:
 
 def format_export_cost(result: dict) -> str:
     nodes = result["onnx_nodes"]
+    against = "CARAFE in the neck and the mask branch against the stock model" if result.get("heads") else (
+        "CARAFE against nn.Upsample")
     lines = [
-        f"{Path(result['model']).name} at {result['imgsz']} px, batch 1, CPU: CARAFE against nn.Upsample, exported; "
+        f"{Path(result['model']).name} at {result['imgsz']} px, batch 1, CPU: {against}, exported; "
         f"each runtime in a process of its own, fastest of {result['repeats']} runs, median of {result['rounds']} "
         "rounds [range of the per-round ratio]",
         f"ONNX nodes: {nodes['nearest']['total']} -> {nodes['carafe']['total']} "
-        f"(+{result['nodes_added']} for {result['carafe_layers']} CARAFE layers, {result['nodes_per_carafe']:.0f} each)",
+        f"(+{result['nodes_added']} for {result['carafe_layers']} CARAFE layers"
+        + (f", {result['nodes_per_carafe']:.0f} each)" if "nodes_per_carafe" in result else ")"),
     ]
     if "openvino_precision" in result:
         lines.append(f"OpenVINO CPU inference precision (its default here): {result['openvino_precision']}")

@@ -29,6 +29,33 @@ def confident(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def fixed_instances(model: torch.nn.Module, image: torch.Tensor) -> torch.nn.Module:
+    """A YOLO segmentation model (Segment head, DFL boxes) made to predict, at every location, one class-0 instance
+    far from every threshold, whose mask is the mask branch's own work: the class branches give class 0 a logit of
+    +8 (others -8), every box side lies two strides from its anchor, and every instance's mask coefficients pick one
+    prototype, the one positive on the share of ``image`` nearest one half. Only the prototypes (the mask branch,
+    its upsampler included) then depend on the input: comparing two runtimes' masks compares their mask branches."""
+    head = model.model[-1]
+    with torch.no_grad():
+        prototypes = []
+        hook = head.proto.register_forward_hook(lambda m, args, out: prototypes.append(out))
+        model.eval()(image)
+        hook.remove()
+        positive = (prototypes[0][0] > 0).float().mean((1, 2))
+        chosen = int((positive - 0.5).abs().argmin())
+        for branch, setting in ((head.cv3, "class"), (head.cv2, "box"), (head.cv4, "mask")):
+            for layers in branch:
+                conv = layers[-1]
+                conv.weight.zero_()
+                if setting == "class":
+                    conv.bias.fill_(-8)[0] = 8
+                elif setting == "box":
+                    conv.bias.zero_().view(4, head.reg_max)[:, 2] = 10
+                else:
+                    conv.bias.zero_()[chosen] = 1
+    return model
+
+
 def raw_outputs(path: str | Path, x: torch.Tensor, device: torch.device) -> np.ndarray:
     """The model's raw output on ``x``, as Ultralytics' AutoBackend runs it for any format."""
     from ultralytics.nn.autobackend import AutoBackend
@@ -41,21 +68,42 @@ def raw_outputs(path: str | Path, x: torch.Tensor, device: torch.device) -> np.n
     return np.asarray(out.cpu() if isinstance(out, torch.Tensor) else out, dtype=np.float64)
 
 
-def match_detections(want: np.ndarray, got: np.ndarray) -> tuple[float, float] | None:
-    """Pair two sets of detections one to one (rows x1 y1 x2 y2 score class, or any 4 box values, a score and a
-    class), each with the nearest box of the same class; (largest box difference, largest score difference) of the
-    pairs, or None when the sets cannot be paired (different sizes, or a class without a partner)."""
+def pair_detections(want: np.ndarray, got: np.ndarray) -> list[int] | None:
+    """Pair two sets of detections (rows x1 y1 x2 y2 score class, or any 4 box values, a score and a class) one to
+    one, each row of ``want`` in turn with the nearest unpaired box of ``got`` of the same class: the index in
+    ``got`` of each row's partner, or None when the sets cannot be paired (different sizes, or a class without a
+    partner)."""
     if len(want) != len(got):
         return None
-    unused, box, score = list(range(len(got))), 0.0, 0.0
-    for row in want:
-        distance = [np.abs(got[j, :4] - row[:4]).max() if got[j, 5] == row[5] else np.inf for j in unused]
-        if not distance or not np.isfinite(min(distance)):
+    distance = np.abs(want[:, None, :4] - got[None, :, :4]).max(-1)
+    distance[want[:, None, 5] != got[None, :, 5]] = np.inf
+    partners = []
+    for row in distance:
+        best = int(np.argmin(row))
+        if not np.isfinite(row[best]):
             return None
-        best = int(np.argmin(distance))
-        box, score = max(box, distance[best]), max(score, abs(got[unused[best], 4] - row[4]))
-        unused.pop(best)
-    return box, score
+        partners.append(best)
+        distance[:, best] = np.inf
+    return partners
+
+
+def match_detections(want: np.ndarray, got: np.ndarray) -> tuple[float, float] | None:
+    """:func:`pair_detections`' pairs: (largest box difference, largest score difference), or None when the sets
+    cannot be paired."""
+    partners = pair_detections(want, got)
+    if partners is None:
+        return None
+    if not partners:
+        return 0.0, 0.0
+    paired = got[partners]
+    return float(np.abs(paired[:, :4] - want[:, :4]).max()), float(np.abs(paired[:, 4] - want[:, 4]).max())
+
+
+def mask_ious(want: np.ndarray, got: np.ndarray, partners: list[int]) -> np.ndarray:
+    """The IoU of each mask of ``want`` (N, H, W booleans) with its partner's in ``got``."""
+    paired = got[partners]
+    union = (want | paired).sum((1, 2))
+    return np.where(union > 0, (want & paired).sum((1, 2)) / np.maximum(union, 1), 1.0)
 
 
 def confident_rows(decoded: np.ndarray, imgsz: int, min_score: float = 0.5) -> np.ndarray:

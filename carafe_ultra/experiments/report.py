@@ -1,7 +1,9 @@
 """The ablation's report: summary.json, summary.md (the table and a verdict per arm) and summary.png.
 
 Arms are compared with nearest upsampling through seed-paired differences (same seed: same data order and
-augmentation), and the verdict comes from a 90% interval of their mean, never from the mean alone.
+augmentation), and the verdict comes from a 90% interval of their mean, never from the mean alone. The figures are
+the task's (:mod:`.tasks`): box mAP50 and mAP50-95 for detection, and the masks' too for instance segmentation,
+whose verdict is on mask mAP50-95.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .atomic import replaced_atomically, write_text_atomically
+from .tasks import DETECT, TASKS, Task, label
 
-METRICS = {"mAP50": "mAP50", "mAP50-95": "mAP50_95"}  # report key: RunResult field
 BASELINE = "nearest"
 CONFIDENCE = 0.90
-PLOT_SERIES = ((-0.15, "mAP50", "#4c72b0"), (0.15, "mAP50-95", "#dd8452"))  # x offset, metric, colour
+SERIES_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")  # one per metric, in the task's order
 DELTA_METHOD = (f"{CONFIDENCE:.0%} Student-t interval of the mean of the seed-paired differences "
                 "(arm minus nearest with the same seed), n-1 degrees of freedom")
 
@@ -88,9 +90,9 @@ def verdict(delta: dict) -> str:
     return "not distinguishable at this budget"
 
 
-def summarise(results: list, costs: list) -> list[dict]:
-    """One entry per arm, in the order the arms first appear: per-seed values, means, spreads, the arm's cost,
-    and the paired differences against nearest (``delta_vs_nearest``) for every other arm."""
+def summarise(results: list, costs: list, task: Task = DETECT) -> list[dict]:
+    """One entry per arm, in the order the arms first appear: per-seed values, means and spreads of the task's
+    metrics, the arm's cost, and the paired differences against nearest (``delta_vs_nearest``) for every other arm."""
     arms: dict[str, list] = {}
     for result in results:
         arms.setdefault(result.upsampler, []).append(result)
@@ -98,7 +100,7 @@ def summarise(results: list, costs: list) -> list[dict]:
     summary = []
     for arm, runs in arms.items():
         entry = {"upsampler": arm, "seeds": [r.seed for r in runs]}
-        for key, attribute in METRICS.items():
+        for key, (attribute, _) in task.metrics.items():
             values = [getattr(r, attribute) for r in runs]
             entry[key], entry[f"{key}_std"], entry[f"{key}_runs"] = statistics.fmean(values), _spread(values), values
         entry.update({k: v for k, v in asdict(cost_of[arm]).items() if k != "upsampler"})
@@ -108,18 +110,20 @@ def summarise(results: list, costs: list) -> list[dict]:
     base = next((a for a in summary if a["upsampler"] == BASELINE), None)
     for entry in summary:
         if base is not None and entry is not base:
-            entry["delta_vs_nearest"] = {key: paired_delta(by_seed(entry, key), by_seed(base, key)) for key in METRICS}
+            entry["delta_vs_nearest"] = {key: paired_delta(by_seed(entry, key), by_seed(base, key))
+                                         for key in task.metrics}
     return summary
 
 
 def write_summary(settings, data: str, weights: str | None, results: list, costs: list, missing: list[str] = (),
-                  latency_device: str | None = None) -> dict:
+                  latency_device: str | None = None, task: Task = DETECT) -> dict:
     """summary.json, summary.md and summary.png in ``settings.out``; ``data`` and ``weights`` are what the runs
     used (the generated set, the pretrained base), ``missing`` the runs of the grid without a result (failed, or
-    not run yet), ``latency_device`` what the latencies were timed on."""
+    not run yet), ``latency_device`` what the latencies were timed on, ``task`` what the figures are."""
     out = Path(settings.out)
-    arms = summarise(results, costs)
-    summary = {"arms": arms, "delta_method": DELTA_METHOD,
+    arms = summarise(results, costs, task)
+    summary = {"task": task.name, "metrics": list(task.metrics), "verdict_metric": task.verdict_metric,
+               "arms": arms, "delta_method": DELTA_METHOD,
                "settings": {**asdict(settings), "data": data, "weights": weights},
                "seeds": list(settings.seeds), "runs": [asdict(r) for r in results], "missing": list(missing),
                "latency_device": latency_device}
@@ -143,8 +147,15 @@ def _accuracy(arm: dict, metric: str, spread: bool) -> str:
     return f"{arm[metric]:.3f} ± {arm[metric + '_std']:.3f}" if spread else f"{arm[metric]:.3f}"
 
 
+def _metrics(summary: dict) -> list[str]:
+    """The summary's metric keys, in column order (the verdict's last); summaries from before tasks: detection's."""
+    return summary.get("metrics") or list(TASKS[summary.get("task", "detect")].metrics)
+
+
 def markdown_table(summary: dict) -> str:
     arms = summary["arms"]
+    metrics = _metrics(summary)
+    judged = metrics[-1]
     s = summary["settings"]
     seeds = summary["seeds"]
     spread = len(seeds) > 1
@@ -163,38 +174,38 @@ def markdown_table(summary: dict) -> str:
         "Student-t interval. Latency: one image, batch 1, float32, model forward only, median"
         + (f", every arm on {summary['latency_device']}." if summary.get("latency_device") else "."),
         "",
-        "| upsampler | mAP50 | Δ mAP50 | mAP50-95 | Δ mAP50-95 | verdict (mAP50-95) | params | GFLOPs | latency ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| upsampler | " + "".join(f"{label(k)} | Δ {label(k)} | " for k in metrics)
+        + f"verdict ({label(judged)}) | params | GFLOPs | latency ms |",
+        "|---" * (2 * len(metrics) + 5) + "|",
     ]
     for a in arms:
         delta = a.get("delta_vs_nearest")
         lines.append(
-            f"| {a['upsampler']} | {_accuracy(a, 'mAP50', spread)} | {_interval(delta and delta['mAP50'])} "
-            f"| {_accuracy(a, 'mAP50-95', spread)} | {_interval(delta and delta['mAP50-95'])} "
-            f"| {verdict(delta['mAP50-95']) if delta else ''} "
-            f"| {a['params']:,} | {a['GFLOPs']:.2f} | {a['latency_ms']:.1f} |"
+            f"| {a['upsampler']} | "
+            + "".join(f"{_accuracy(a, k, spread)} | {_interval(delta and delta[k])} | " for k in metrics)
+            + f"{verdict(delta[judged]) if delta else ''} | {a['params']:,} | {a['GFLOPs']:.2f} | "
+            f"{a['latency_ms']:.1f} |"
         )
-    lines += ["", *_sentences(arms), ""]
+    lines += ["", *_sentences(arms, metrics), ""]
     if summary.get("missing"):
         lines += ["Missing runs (failed or not run yet; a re-run trains only these, resuming where they stopped): "
                   f"{', '.join(summary['missing'])}.", ""]
     return "\n".join(lines)
 
 
-def _sentences(arms: list[dict]) -> list[str]:
-    """One sentence per arm compared with nearest, from the intervals, plus what the weights transfer took."""
+def _sentences(arms: list[dict], metrics: list[str]) -> list[str]:
+    """One sentence per arm compared with nearest, from the intervals (the verdict's metric first), plus what the
+    weights transfer took."""
     if not any("delta_vs_nearest" in a for a in arms):
         return ["No nearest arm, so no comparison."]
     sentences = []
     for a in arms:
         delta = a.get("delta_vs_nearest")
         if delta:
-            d50, d = delta["mAP50"], delta["mAP50-95"]
-            sentences.append(
-                f"- {a['upsampler']} against nearest over {d['n']} paired seed(s): mAP50-95 {verdict(d)} "
-                f"({_interval(d)}), mAP50 {verdict(d50)} ({_interval(d50)})."
-            )
-    if any(a.get("delta_vs_nearest", {}).get("mAP50-95", {}).get("n") == 1 for a in arms):
+            judged = ", ".join(f"{label(k)} {verdict(delta[k])} ({_interval(delta[k])})" for k in reversed(metrics))
+            sentences.append(f"- {a['upsampler']} against nearest over {delta[metrics[-1]]['n']} paired seed(s): "
+                             f"{judged}.")
+    if any(a.get("delta_vs_nearest", {}).get(metrics[-1], {}).get("n") == 1 for a in arms):
         sentences.append("- One seed gives no interval, so nothing can be told apart: use --seeds 0 1 2 or more.")
     for a in arms:
         if a["weights_taken"]:
@@ -213,15 +224,18 @@ def plot(summary: dict, path: Path) -> None:
     arms = summary["arms"]
     names = [a["upsampler"] for a in arms]
     positions = list(range(len(arms)))
+    metrics = _metrics(summary)
+    step = 0.3 if len(metrics) <= 2 else 0.18  # the metrics side by side around each arm
+    series = [((i - (len(metrics) - 1) / 2) * step, key, SERIES_COLOURS[i]) for i, key in enumerate(metrics)]
     fig, (acc, diff, cost) = plt.subplots(1, 3, figsize=(16, 4.6))
 
     # Every seed's value, the seeds joined across arms (they are paired), and the mean.
-    for offset, key, colour in PLOT_SERIES:
+    for offset, key, colour in series:
         for seed in summary["seeds"]:
             points = [(p + offset, by_seed(a, key)[seed]) for p, a in zip(positions, arms) if seed in a["seeds"]]
             acc.plot(*zip(*points), color=colour, alpha=0.35, marker="o", markersize=4, linewidth=1)
         acc.scatter([p + offset for p in positions], [a[key] for a in arms], color=colour, marker="_", s=400,
-                    linewidths=3, label=f"{key} (lines: seeds; bar: mean)", zorder=3)
+                    linewidths=3, label=f"{label(key)} (lines: seeds; bar: mean)", zorder=3)
     acc.set_xticks(positions, names)
     acc.set_ylabel("mAP")
     acc.set_title(f"Accuracy, each of {len(summary['seeds'])} seed(s)")
@@ -230,13 +244,13 @@ def plot(summary: dict, path: Path) -> None:
     compared = [a for a in arms if "delta_vs_nearest" in a]
     base = next((b for b in arms if b["upsampler"] == BASELINE), None)
     for p, a in enumerate(compared):
-        for offset, key, colour in PLOT_SERIES:
+        for offset, key, colour in series:
             delta = a["delta_vs_nearest"][key]
             values = paired_differences(by_seed(a, key), by_seed(base, key))
             diff.scatter([p + offset] * len(values), values, color=colour, s=14, alpha=0.6)
             error = None if delta["low"] is None else [[delta["mean"] - delta["low"]], [delta["high"] - delta["mean"]]]
             diff.errorbar([p + offset], [delta["mean"]], yerr=error, color=colour, marker="D", capsize=5,
-                          label=key if p == 0 else None)
+                          label=label(key) if p == 0 else None)
     diff.axhline(0, color="grey", linewidth=1)
     diff.set_xlim(-0.5, max(len(compared), 1) - 0.5)
     diff.set_xticks(range(len(compared)), [a["upsampler"] for a in compared])

@@ -7,8 +7,10 @@ was given (each group's k x k weights over its source window, with the centre ta
 upsampling), the upsampled features beside what nearest upsampling makes of the same input (one three-component
 PCA shared by both), and how the centre weight is spread over the map; the same for every CARAFEDown layer, with its
 reassembly beside strided sampling of its input (centre weight 1); for every DySample layer, where its output
-pixels sample the input (arrows from each output pixel to its sampling point) and how far. :func:`inspect_image`
-returns the arrays, :func:`draw` the figure, :func:`show` both.
+pixels sample the input (arrows from each output pixel to its sampling point) and how far. Upsamplers inside a
+segmentation head's mask branch (:mod:`carafe_ultra.heads`) are layers too, named after their place
+(``23.proto.upsample``, ``23.proto.lifts.0``), and their row also shows the prototypes the mask branch made.
+:func:`inspect_image` returns the arrays, :func:`draw` the figure, :func:`show` both.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class LayerView:
     dropped. "CARAFE" below holds for CARAFEDown too, with its output size (H/s, W/s) for (H*s, W*s).
 
     Attributes:
-        index: the layer's index in the model (its YAML row).
+        index: the layer's index in the model (its YAML row), or for one inside a head its place there
+            (``"23.proto.upsample"``).
         kind: "CARAFE", "CARAFEDown" or "DySample".
         stride_in, stride_out: pixels of the letterboxed image per input and per output pixel of the layer.
         cells: for each point, its output pixel (row, column).
@@ -54,9 +57,11 @@ class LayerView:
             1x1 Conv) and strided sampling of the same input.
         offsets: DySample: each output pixel's sampling point minus its own position, in input pixels
             (G, 2 (x, y), H*s, W*s).
+        prototypes: in a mask branch: the prototypes it made (the head's ``proto`` output), as RGB of a
+            three-component PCA (2·H3, 2·W3, 3).
     """
 
-    index: int
+    index: int | str
     kind: str
     stride_in: float
     stride_out: float
@@ -68,6 +73,7 @@ class LayerView:
     upsampled: np.ndarray | None = None
     nearest: np.ndarray | None = None
     offsets: np.ndarray | None = None
+    prototypes: np.ndarray | None = None
 
 
 @dataclass
@@ -85,9 +91,22 @@ SHOWN = (CARAFE, CARAFEDown, DySample)  # the layers the command draws
 COMPARED = {"CARAFE": "nearest of the same", "CARAFEDown": "strided sampling of the same"}  # the reassembly's foil
 
 
-def shown_layers(model: torch.nn.Module) -> dict[int, torch.nn.Module]:
-    """The CARAFE, CARAFEDown and DySample layers of an Ultralytics network, by their index."""
-    return {i: m for i, m in enumerate(model.model) if isinstance(m, SHOWN)}
+def shown_layers(model: torch.nn.Module) -> dict[int | str, torch.nn.Module]:
+    """The CARAFE, CARAFEDown and DySample layers of an Ultralytics network: its rows by their index, and those in a
+    segmentation head's mask branch by their place (``"23.proto.upsample"``)."""
+    found: dict[int | str, torch.nn.Module] = {}
+    for i, m in enumerate(model.model):
+        if isinstance(m, SHOWN):
+            found[i] = m
+        for name, inner in getattr(m, "proto", torch.nn.Module()).named_modules():
+            if isinstance(inner, SHOWN):
+                found[f"{i}.proto.{name}"] = inner
+    return found
+
+
+def _mask_branches(model: torch.nn.Module, chosen: list[int | str]) -> dict[int | str, torch.nn.Module]:
+    """The head's ``proto`` each chosen layer inside a mask branch belongs to."""
+    return {key: model.model[int(key.split(".")[0])].proto for key in chosen if isinstance(key, str)}
 
 
 def letterbox(image_bgr: np.ndarray, imgsz: int) -> tuple[np.ndarray, dict]:
@@ -202,11 +221,12 @@ def _dysample_view(index: int, layer: DySample, x: Tensor, stride_in: float,
     return view
 
 
-def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers: list[int] | None = None,
+def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers: list[int | str] | None = None,
                   points: list[tuple[float, float]] | None = None, imgsz: int = 640) -> Inspection:
     """Run the checkpoint's network on ``image`` (a path, or a BGR array as OpenCV reads it) and collect what its
-    CARAFE, CARAFEDown and DySample layers (``layers``, default all) did at ``points`` (original pixels; default
-    :func:`default_points` of its detections). Raises :class:`UsageError` for input it cannot use."""
+    CARAFE, CARAFEDown and DySample layers (``layers``: indices or places in a mask branch, default all) did at
+    ``points`` (original pixels; default :func:`default_points` of its detections). Raises :class:`UsageError` for
+    input it cannot use."""
     import cv2
 
     if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32 or imgsz % 32:
@@ -238,9 +258,13 @@ def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers
                          f"y in [0, {height}))")
     boxed, params = letterbox(picture, imgsz)
     at = to_letterboxed(points, params)
-    inputs: dict[int, Tensor] = {}
+    inputs: dict[int | str, Tensor] = {}
     hooks = [available[i].register_forward_hook(lambda m, args, out, i=i: inputs.__setitem__(i, args[0].detach()))
              for i in chosen]
+    made: dict[int | str, Tensor] = {}  # what each chosen mask-branch layer's branch made: its prototypes
+    hooks += [proto.register_forward_hook(lambda m, args, out, i=i: made.__setitem__(
+        i, (out[0] if isinstance(out, tuple) else out).detach()))
+        for i, proto in _mask_branches(network, chosen).items()]
     try:
         with torch.no_grad():
             network(torch.from_numpy(boxed[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255)
@@ -249,6 +273,8 @@ def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers
                 x, layer = inputs[i], available[i]
                 make = {CARAFE: _carafe_view, CARAFEDown: _carafe_down_view, DySample: _dysample_view}[type(layer)]
                 views.append(make(i, layer, x, imgsz / x.shape[-1], at))
+                if i in made:
+                    (views[-1].prototypes,) = shared_pca(made[i][0].float())
     finally:
         for hook in hooks:
             hook.remove()
@@ -264,7 +290,7 @@ def draw(inspection: Inspection):
     from matplotlib.colors import ListedColormap
 
     points = inspection.letterboxed_points
-    columns = max(len(points), 1) + 3
+    columns = max(len(points), 1) + 3 + any(view.prototypes is not None for view in inspection.layers)
     fig = plt.figure(figsize=(3.1 * columns, 3.2 * (1 + len(inspection.layers))), layout="constrained")
     grid = fig.add_gridspec(1 + len(inspection.layers), columns)
     image = fig.add_subplot(grid[0, :2])
@@ -299,10 +325,21 @@ def _legend(inspection: Inspection) -> str:
     if "CARAFEDown" in kinds:
         lines += ["", "CARAFEDown: the same for CARAFE++ downsampling,", "over the input window of each output pixel;",
                   "centre w 1 would be strided sampling."]
+    if any(view.prototypes is not None for view in inspection.layers):
+        lines += ["", "mask: an upsampler inside the segmentation head's", "mask branch; its row ends with the",
+                  "prototypes that branch made."]
     if "DySample" in kinds:
         lines += ["", "DySample: arrows from output pixels to the points", "they sample (lengthened to be seen);",
                   "0 is bilinear upsampling."]
     return "\n".join(lines)
+
+
+def _name(view: LayerView) -> str:
+    """How a figure names a layer: ``layer 14``, or inside layer 23's mask branch ``23 mask upsample``."""
+    if isinstance(view.index, int):
+        return f"layer {view.index}"
+    row, place = view.index.split(".proto.", 1)
+    return f"{row} mask {place}"
 
 
 def _draw_carafe(fig, grid, row: int, view: LayerView, outside) -> None:
@@ -320,7 +357,7 @@ def _draw_carafe(fig, grid, row: int, view: LayerView, outside) -> None:
         axes.imshow(np.where(mask, 1.0, np.nan), cmap=outside, vmin=0, vmax=1)
         heat = axes.imshow(tiled, cmap="viridis", vmin=0, vmax=top)
         centre = ", ".join(f"{kernel[g, k // 2, k // 2]:.2f}" for g in range(groups))
-        axes.set_title(f"layer {view.index} {view.kind}, point {column + 1}\ncentre w {centre}", fontsize=9)
+        axes.set_title(f"{_name(view)} {view.kind}, point {column + 1}\ncentre w {centre}", fontsize=9)
         axes.set_xticks([]), axes.set_yticks([])
         panels.append(axes)
     if panels:
@@ -331,16 +368,22 @@ def _draw_carafe(fig, grid, row: int, view: LayerView, outside) -> None:
     for offset, (picture, title) in enumerate(pictures):
         axes = fig.add_subplot(grid[row, start + offset])
         axes.imshow(picture, interpolation="nearest")
-        axes.set_title(f"layer {view.index}: {title}\n(shared 3-component PCA)", fontsize=9)
+        axes.set_title(f"{_name(view)}: {title}\n(shared 3-component PCA)", fontsize=9)
         axes.axis("off")
     axes = fig.add_subplot(grid[row, start + 2])
     centre = view.centre_weight.mean(0)
     heat = axes.imshow(centre, cmap="magma", vmin=0, vmax=max(float(centre.max()), 0.1), interpolation="nearest")
     low, median, high = np.percentile(centre, [5, 50, 95])
-    axes.set_title(f"layer {view.index}: centre weight over the map\nmedian {median:.2f}, 5-95% {low:.2f}-{high:.2f}",
+    axes.set_title(f"{_name(view)}: centre weight over the map\nmedian {median:.2f}, 5-95% {low:.2f}-{high:.2f}",
                    fontsize=9)
     axes.axis("off")
     fig.colorbar(heat, ax=axes, fraction=0.046, label="centre weight")
+    if view.prototypes is not None:
+        axes = fig.add_subplot(grid[row, start + 3])
+        axes.imshow(view.prototypes, interpolation="nearest")
+        axes.set_title(f"layer {view.index.split('.')[0]}: the mask branch's\nprototypes (3-component PCA)",
+                       fontsize=9)
+        axes.axis("off")
 
 
 def _draw_dysample(fig, grid, row: int, view: LayerView, image: np.ndarray) -> None:
@@ -371,7 +414,7 @@ def _draw_dysample(fig, grid, row: int, view: LayerView, image: np.ndarray) -> N
     fig.colorbar(heat, ax=axes, fraction=0.046, label="input pixels")
 
 
-def show(checkpoint: str | Path, image: str | Path | np.ndarray, layers: list[int] | None = None,
+def show(checkpoint: str | Path, image: str | Path | np.ndarray, layers: list[int | str] | None = None,
          points: list[tuple[float, float]] | None = None, imgsz: int = 640, out: str | Path | None = None):
     """:func:`inspect_image` and :func:`draw`; the figure is saved to ``out`` when given. Returns (figure, inspection)."""
     inspection = inspect_image(checkpoint, image, layers, points, imgsz)
@@ -380,6 +423,10 @@ def show(checkpoint: str | Path, image: str | Path | np.ndarray, layers: list[in
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(out, dpi=110)
     return figure, inspection
+
+
+def _layer(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text.strip()
 
 
 def _point(text: str) -> tuple[float, float]:
@@ -394,7 +441,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``python -m carafe_ultra show``'s options."""
     parser.add_argument("checkpoint", help="an Ultralytics checkpoint (.pt) with CARAFE, CARAFEDown or DySample layers")
     parser.add_argument("image", help="an image file (the original; points are in its pixels)")
-    parser.add_argument("--layers", type=int, nargs="+", help="the layers to show, by index (default: all of them)")
+    parser.add_argument("--layers", type=_layer, nargs="+",
+                        help="the layers to show, by index, or by place in a mask branch (23.proto.upsample; the "
+                             "error for a wrong one lists them); default: all of them")
     parser.add_argument("--points", type=_point, nargs="+", metavar="X,Y",
                         help="points to look at, in the image's pixels (default: on the most confident detection, "
                              "its edge, and the background)")
