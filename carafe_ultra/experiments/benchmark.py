@@ -472,9 +472,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="--export: rounds, each a fresh process per runtime")
     parser.add_argument("--profile", action="store_true",
                         help="--export: also ONNX Runtime's per-operator profile of the CARAFE model")
-    parser.add_argument("--heads", action="store_true",
+    parser.add_argument("--heads", nargs="?", const=True, default=False, choices=[True, "only"], metavar="only",
                         help="--export of a segmentation model: CARAFE in its mask branch too (convert --heads), "
-                             "against the stock model")
+                             "against the stock model; --heads only: in the mask branch alone")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to this JSON file")
     parser.add_argument("--small", action="store_true", help="CPU: a tiny case, to check the script itself quickly")
     parser.add_argument("--downsample", action="store_true",

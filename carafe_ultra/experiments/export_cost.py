@@ -119,12 +119,12 @@ def fake_quantize_count(folder: str) -> int:
 
 
 def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40, rounds: int = 5,
-                runtimes: tuple[str, ...] = RUNTIMES, profile: bool = False, heads: bool = False) -> dict:
+                runtimes: tuple[str, ...] = RUNTIMES, profile: bool = False, heads: bool | str = False) -> dict:
     """Export ``model`` with nearest upsampling and with CARAFE (untrained: weights do not change the cost; with
-    ``heads`` CARAFE in the segmentation head's mask branch too, the stock head against it) for each of
-    ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time one image (batch 1) in each
-    runtime on the CPU as the module docstring says; with ``profile``, ONNX Runtime's per-operator profile of the
-    CARAFE model."""
+    ``heads`` CARAFE in the segmentation head's mask branch too, or with ``heads="only"`` there alone, the stock
+    model against it) for each of ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time
+    one image (batch 1) in each runtime on the CPU as the module docstring says; with ``profile``, ONNX Runtime's
+    per-operator profile of the CARAFE model."""
     import onnx
 
     unknown = sorted(set(runtimes) - set(RUNTIMES))
@@ -136,7 +136,11 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
     onnx_files: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as folder:
         for arm in ARMS:
-            built = ultralytics_model(convert_yaml(model, arm, Path(folder) / arm, heads=heads and arm == "carafe"))
+            if arm == "carafe" and heads == "only":
+                converted = convert_yaml(model, None, Path(folder) / arm, heads="carafe")
+            else:
+                converted = convert_yaml(model, arm, Path(folder) / arm, heads=bool(heads) and arm == "carafe")
+            built = ultralytics_model(converted)
             if arm == "carafe":  # ONNX names a layer's nodes after its place: /model.10/..., /model.23/proto/upsample/...
                 layers = [_onnx_scope(name) for name, m in built.model.named_modules() if isinstance(m, CARAFE)]
                 result["carafe_layers"] = len(layers)
@@ -204,8 +208,9 @@ def format_int8_accuracy(rows: list[dict]) -> str:
 
 def format_export_cost(result: dict) -> str:
     nodes = result["onnx_nodes"]
-    against = "CARAFE in the neck and the mask branch against the stock model" if result.get("heads") else (
-        "CARAFE against nn.Upsample")
+    against = {True: "CARAFE in the neck and the mask branch against the stock model",
+               "only": "CARAFE in the mask branch against the stock model"}.get(result.get("heads"),
+                                                                               "CARAFE against nn.Upsample")
     lines = [
         f"{Path(result['model']).name} at {result['imgsz']} px, batch 1, CPU: {against}, exported; "
         f"each runtime in a process of its own, fastest of {result['repeats']} runs, median of {result['rounds']} "
