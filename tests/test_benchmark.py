@@ -159,16 +159,19 @@ def test_export_cost_counts_nodes_and_times_each_runtime_in_a_process_of_its_own
     assert "ONNX nodes:" in text and "each runtime in a process of its own" in text and "in its CARAFE layers" in text
 
 
-def test_export_cost_of_a_carafe_mask_branch_against_the_stock_seg_model():
+@pytest.mark.parametrize("heads,layers,said", [(True, 3, "CARAFE in the neck and the mask branch"),
+                                               ("only", 1, "CARAFE in the mask branch")])
+def test_export_cost_of_a_carafe_mask_branch_against_the_stock_seg_model(heads, layers, said):
     from carafe_ultra.experiments.export_cost import export_cost, format_export_cost
 
     result = export_cost("yolo11n-seg.yaml", imgsz=64, repeats=2, rounds=1, runtimes=("onnxruntime",), profile=True,
-                         heads=True)
+                         heads=heads)
     nodes = result["onnx_nodes"]
-    assert result["carafe_layers"] == 3 and nodes["nearest"]["by_op"]["ConvTranspose"] == 1  # the stock Proto's
-    assert "ConvTranspose" not in nodes["carafe"]["by_op"] and nodes["carafe"]["by_op"]["Gather"] == 3
+    assert result["carafe_layers"] == layers and nodes["nearest"]["by_op"]["ConvTranspose"] == 1  # the stock Proto's
+    assert "ConvTranspose" not in nodes["carafe"]["by_op"] and nodes["carafe"]["by_op"]["Gather"] == layers
+    assert nodes["carafe"]["by_op"].get("Resize", 0) == (2 if heads == "only" else 0)  # the neck's, kept or swapped
     assert 0 < result["profile"]["carafe_layers_ms"] < result["profile"]["total_ms"]
-    assert "CARAFE in the neck and the mask branch against the stock model" in format_export_cost(result)
+    assert f"{said} against the stock model" in format_export_cost(result)
 
 
 @pytest.mark.parametrize("runtimes", [("tensorrt",), ()])
