@@ -152,7 +152,8 @@ class Arm:
 
     def definition(self) -> dict:
         """What the arm trains: its upsampler and every option of our module (defaults included, so that a release
-        that changes one is seen), and whether the neck's strided Convs are CARAFEDown."""
+        that changes one is seen), whether the neck's strided Convs are CARAFEDown, and the mask branch's upsampler
+        of the head arms."""
         options = {}
         if self.upsampler.module_class is not None:  # after c1 and c2, which come from the model
             parameters = list(inspect.signature(self.upsampler.module_class).parameters.values())[2:]
