@@ -100,9 +100,9 @@ class Settings:
         arms = [parse_arm(spec) for spec in self.arms]  # a wrong arm fails here, before any training
         if len({arm.folder for arm in arms}) != len(arms):
             raise ValueError(f"arms must be distinct, got {self.arms}")
-        task = task_of(self.model)  # one the ablation compares arms of
-        for arm in arms:
-            if arm.head and task.name != "segment":
+        for arm in filter(lambda arm: arm.head, arms):  # (Ultralytics is read only here: the GPU check may lack it)
+            task = task_of(self.model)
+            if task.name != "segment":
                 raise ValueError(f"arm {arm.spec} swaps a segmentation head's mask branch, but {self.model} is a "
                                  f"{task.name} model, whose head has no upsampling of its own")
         for name in ("gpus_per_run", "cpus_per_run"):
