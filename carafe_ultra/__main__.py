@@ -4,7 +4,8 @@
     python -m carafe_ultra convert MODEL [-o DIR] [--downsample] [--heads] [--upsampler NAME]
                                                    write MODEL with CARAFE in place of nn.Upsample (with
                                                    --downsample, CARAFEDown in place of the neck's strided Convs;
-                                                   with --heads, in the segmentation head's mask branch too)
+                                                   with --heads, in the task head's own upsampling too: the
+                                                   segmentation mask branch, the semantic and depth decoders)
     python -m carafe_ultra ablate [...]            train with each upsampler and compare (scripts/ablate.py)
     python -m carafe_ultra benchmark [...]         side-by-side speed and memory (scripts/benchmark.py)
     python -m carafe_ultra gpu-check [--dry-run]   every GPU check in one run, one report (make gpu-check)
@@ -56,8 +57,9 @@ def parser() -> argparse.ArgumentParser:
                               "(CARAFE++ downsampling): MODEL-carafe-both.yaml")
     convert.add_argument("--heads", action="store_true",
                          help="also swap the task head's own upsampling for --upsampler's module: a segmentation "
-                              "head's mask branch (its prototypes' 2x ConvTranspose2d, and YOLO26's P4/P5 resizes): "
-                              "MODEL-carafe-head.yaml")
+                              "head's mask branch (its prototypes' 2x ConvTranspose2d, and YOLO26's P4/P5 resizes), "
+                              "the semantic head's x8 resize of its logits, the depth decoder's x2 resizes and 2x "
+                              "ConvTranspose2d: MODEL-carafe-head.yaml")
     convert.add_argument("--upsampler", choices=[*UPSAMPLERS, "none"], default="carafe",
                          help="what the upsampling rows become (default: carafe); none leaves them, e.g. with "
                               "--downsample for MODEL-carafe-down.yaml")

@@ -1,17 +1,25 @@
-"""Instance-segmentation heads whose mask branch upsamples with any upsampler of the table (CARAFE, DySample, EUCB,
-nearest, bilinear, a transposed convolution).
+"""Task heads whose own upsampling is done by any upsampler of the table (CARAFE, DySample, EUCB, nearest, bilinear,
+a transposed convolution).
 
-Ultralytics' segmentation heads compute their mask prototypes at a quarter of the image size: ``Proto`` upsamples P3
-features with a learned 2× ``ConvTranspose2d``, and YOLO26's ``Proto26`` first brings P4 and P5 up to P3 with
-nearest ``F.interpolate`` (×2, ×4). ``SegmentUp``, ``Segment26Up``, ``YOLOESegmentUp`` and ``YOLOESegment26Up`` are
-those heads (subclasses: the task, the loss and the exports follow) with every one of these upsamplings done by the
-upsampler their row names. A YAML head row adds its name, and optionally its options::
+- Instance segmentation: Ultralytics' segmentation heads compute their mask prototypes at a quarter of the image
+  size: ``Proto`` upsamples P3 features with a learned 2× ``ConvTranspose2d``, and YOLO26's ``Proto26`` first brings
+  P4 and P5 up to P3 with nearest ``F.interpolate`` (×2, ×4). ``SegmentUp``, ``Segment26Up``, ``YOLOESegmentUp`` and
+  ``YOLOESegment26Up`` do every one of these upsamplings (the mask branch) with the upsampler their row names.
+- Semantic segmentation: ``SemanticSegment`` brings its stride-8 logits to the image with a fixed ×8 bilinear resize
+  (in the loss, the validator and the export); ``SemanticSegmentUp`` does it with the upsampler (its decoder).
+- Depth: ``Depth`` decodes P5 -> P4 -> P3 with bilinear ×2 resizes, then a learned 2× ``ConvTranspose2d``;
+  ``DepthUp`` does all of them with the upsampler.
+
+They subclass the stock heads, so the task, the loss, validation and the exports follow. A YAML head row adds the
+upsampler's name after the stock head's arguments, and optionally its options::
 
     - [[16, 19, 22], 1, SegmentUp, [nc, 32, 256, "carafe"]]                     # was: Segment, [nc, 32, 256]
     - [[16, 19, 22], 1, SegmentUp, [nc, 32, 256, "carafe", {kernel_size: 3}]]
+    - [[16, 19, 22], 1, DepthUp, [256, "carafe"]]                                # was: Depth, [256]
 
-``parse_model`` gives them the channels and arguments it gives the stock heads (``register`` teaches it so), so the
-mask branch's output shapes are the stock head's, and every stock weight but the replaced upsampling's transfers.
+``parse_model`` gives them the channels and arguments it gives the stock heads (``register`` teaches it so), so their
+output shapes are the stock heads' (the semantic logits at the image's size, where the stock head's loss, validator
+and export resize them to), and every stock weight but the replaced upsamplings' transfers.
 
 The classes subclass Ultralytics' own, so they are made on first use (:func:`head_classes`; ``carafe_ultra.heads.X``
 works as for any module attribute), not when this module is imported: importing Ultralytics' modules runs the hook
@@ -22,31 +30,45 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
+from typing import NamedTuple
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .upsamplers import upsampler as table_entry
 
-# Our heads by YAML name: the stock head whose treatment by parse_model (channels, extra arguments) each gets, and the
-# position of the upsampler argument in its row (after the stock head's own arguments).
-HEAD_ROWS: dict[str, tuple[str, int]] = {
-    "SegmentUp": ("Segment", 3),
-    "Segment26Up": ("Segment26", 3),
-    "YOLOESegmentUp": ("YOLOESegment", 5),
-    "YOLOESegment26Up": ("YOLOESegment26", 5),
+class HeadRow(NamedTuple):
+    """How one of our heads is written: the stock head whose treatment by parse_model (channels, extra arguments) it
+    gets, the position of the upsampler argument in its row (after the stock head's own arguments), and what its
+    upsampling is called in messages."""
+
+    stock: str
+    position: int
+    part: str
+
+
+# Our heads by YAML name.
+HEAD_ROWS: dict[str, HeadRow] = {
+    "SegmentUp": HeadRow("Segment", 3, "mask branch"),
+    "Segment26Up": HeadRow("Segment26", 3, "mask branch"),
+    "YOLOESegmentUp": HeadRow("YOLOESegment", 5, "mask branch"),
+    "YOLOESegment26Up": HeadRow("YOLOESegment26", 5, "mask branch"),
+    "SemanticSegmentUp": HeadRow("SemanticSegment", 1, "semantic decoder"),
+    "DepthUp": HeadRow("Depth", 1, "depth decoder"),
 }
 
 
-def mask_upsampler(name: str, options: Mapping[str, object] | None, channels: int, scale: int) -> nn.Module:
-    """The upsampler ``name`` of the table (with ``options`` for our modules) for the mask branch's ``channels``
-    channels at ``scale``; raises ``ValueError`` saying which upsampling of the mask branch it could not build."""
+def head_upsampler(name: str, options: Mapping[str, object] | None, channels: int, scale: int,
+                   part: str = "mask branch") -> nn.Module:
+    """The upsampler ``name`` of the table (with ``options`` for our modules) for ``channels`` channels at ``scale``
+    in the head's ``part``; raises ``ValueError`` saying which upsampling of which part it could not build."""
     if options is not None and not isinstance(options, Mapping):
-        raise ValueError(f"mask branch upsampler options must be a mapping such as {{kernel_size: 3}}, got "
-                         f"{options!r}")
+        raise ValueError(f"{part} upsampler options must be a mapping such as {{kernel_size: 3}}, got {options!r}")
     try:
         return table_entry(name).build(channels, scale, options)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"mask branch: {name} {dict(options or {})} for {channels} channels ×{scale}: "
+        raise ValueError(f"{part}: {name} {dict(options or {})} for {channels} channels ×{scale}: "
                          f"{error}") from None
 
 
@@ -60,7 +82,7 @@ class _MaskUpsampling:
         if self.proto_class is not None:
             self.proto = self.proto_class(ch, self.npr, self.nm, nc, upsampler, options)
         else:
-            self.proto.upsample = mask_upsampler(upsampler, options, self.npr, 2)
+            self.proto.upsample = head_upsampler(upsampler, options, self.npr, 2)
 
 
 @functools.cache
@@ -103,9 +125,9 @@ def head_classes() -> dict[str, type[nn.Module]]:
             def __init__(self, ch: tuple = (), c_: int = 256, c2: int = 32, nc: int = 80, upsampler: str = "carafe",
                          options: Mapping[str, object] | None = None) -> None:
                 super().__init__(ch, c_, c2, nc)
-                self.upsample = mask_upsampler(upsampler, options, c_, 2)
+                self.upsample = head_upsampler(upsampler, options, c_, 2)
                 levels = range(1, len(ch))  # P4, P5, ...: ×2, ×4, ...
-                self.lifts = nn.ModuleList(mask_upsampler(upsampler, options, ch[0], 2**level) for level in levels)
+                self.lifts = nn.ModuleList(head_upsampler(upsampler, options, ch[0], 2**level) for level in levels)
 
             def forward(self, x: list[Tensor], return_semantic: bool = True) -> Tensor | tuple[Tensor, Tensor]:
                 feat = x[0]
@@ -159,6 +181,92 @@ def head_classes() -> dict[str, type[nn.Module]]:
                 self._use_upsampler(upsampler, options, ch, nc)
 
         classes["YOLOESegment26Up"] = YOLOESegment26Up
+
+    if hasattr(head, "SemanticSegment"):
+
+        class SemanticSegmentUp(head.SemanticSegment):
+            """``SemanticSegment`` (YOLO26-sem) whose stride-8 logits reach the image through ``upsampler`` (×8)
+            instead of a fixed bilinear resize: in training (the aux head's P4 logits stay as they are), in eval and
+            in exports, which still bake the argmax class map where the stock head does. The logits, not the
+            features, are upsampled: ``nc`` channels instead of P3's, and the classifier stays at stride 8.
+
+            Unless the row says otherwise (:attr:`DEFAULT_OPTIONS`): CARAFE at ×8 predicts 64·k² mask logits per input
+            pixel, so its mask encoder is a 1×1 conv from 16 compressed channels (docs/ultralytics.md gives the
+            costs); DySample takes one offset group, since the classes need not divide into its default 4.
+
+            Args:
+                nc, ch: as ``SemanticSegment``'s (``parse_model`` sets ch).
+                upsampler (str): a name of :data:`carafe_ultra.upsamplers.UPSAMPLERS`. Default: ``"carafe"``.
+                options (dict, optional): keyword arguments of our upsampler module, over :data:`DEFAULT_OPTIONS`.
+
+            Shape:
+                [P3 (N, ch[0], H/8, W/8), P4 (N, ch[1], H/16, W/16)] -> logits (N, nc, H, W) (training: with the
+                aux logits (N, nc, H/16, W/16)); exported to ONNX/OpenVINO/MNN: the class map (N, H, W).
+            """
+
+            DEFAULT_OPTIONS = {"carafe": {"encoder_kernel": 1, "compressed_channels": 16}, "dysample": {"groups": 1}}
+
+            def __init__(self, nc: int = 19, upsampler: str = "carafe", options: Mapping[str, object] | None = None,
+                         ch: tuple = ()) -> None:
+                super().__init__(nc, ch)
+                if options is None or isinstance(options, Mapping):
+                    options = {**self.DEFAULT_OPTIONS.get(upsampler, {}), **(options or {})}
+                self.upsampler, self.upsampler_options = upsampler, options
+                self.upsample = head_upsampler(upsampler, options, nc, 8, HEAD_ROWS["SemanticSegmentUp"].part)
+
+            def forward(self, x: list[Tensor]) -> Tensor | tuple[Tensor, Tensor]:
+                logits = self.upsample(self.classifier(x[0]))  # (N, nc, H, W)
+                if self.training:
+                    return (logits, self.aux_head(x[1])) if self.aux_head is not None else logits
+                if self.export and (self.format in {"onnx", "mnn", "openvino"}
+                                    or (self.format in {"engine", "hailo"} and self.bake_argmax)):
+                    classes = logits.argmax(1) if self.nc > 1 else logits.squeeze(1) > 0  # the stock head's map
+                    return classes.to(torch.uint8 if self.nc <= 256 else torch.int32)
+                return logits
+
+        classes["SemanticSegmentUp"] = SemanticSegmentUp
+
+    if hasattr(head, "Depth"):
+
+        class DepthUp(head.Depth):
+            """``Depth`` (YOLO26-depth) whose decoder upsamples with ``upsampler``: the top-down ×2 steps (``lifts``,
+            bilinear resizes there) and the 2× ``ConvTranspose2d`` of its output head (``head[1]``). The calibration
+            buffers and the export's ×4 resize to the image are the stock head's.
+
+            Args:
+                c_mid, ch: as ``Depth``'s (``parse_model`` sets ch).
+                upsampler (str): a name of :data:`carafe_ultra.upsamplers.UPSAMPLERS`. Default: ``"carafe"``.
+                options (dict, optional): keyword arguments of our upsampler module, e.g. ``{"kernel_size": 3}``.
+
+            Shape:
+                [P3 (N, ch[0], H/8, W/8), P4, P5] -> depth (N, 1, H/4, W/4) (training: ``{"depth": ...}``; exported:
+                (N, 1, H, W)).
+            """
+
+            def __init__(self, c_mid: int = 256, upsampler: str = "carafe",
+                         options: Mapping[str, object] | None = None, ch: tuple = ()) -> None:
+                super().__init__(c_mid, ch)
+                part = HEAD_ROWS["DepthUp"].part
+                self.upsampler, self.upsampler_options = upsampler, dict(options or {})
+                self.lifts = nn.ModuleList(head_upsampler(upsampler, options, c_mid, 2, part) for _ in ch[:-1])
+                self.head[1] = head_upsampler(upsampler, options, c_mid // 2, 2, part)
+
+            def forward(self, x: list[Tensor]) -> dict[str, Tensor] | Tensor:
+                feats = [project(level) for project, level in zip(self.proj, x)]
+                out = feats[-1]
+                for i in range(self.nl - 2, -1, -1):  # coarse to fine, as Depth
+                    out = self.refine[i](self.lifts[i](out) + feats[i])
+                out = self.head(out).clamp(-4.0, 5.0)  # (N, 1, H/4, W/4) log-depth
+                if self.training:
+                    return {"depth": torch.exp(out)}
+                depth = torch.exp(self.cal_a * out + self.cal_b)
+                if self.export:  # the stock export's resize to the input size
+                    depth = F.interpolate(depth, scale_factor=4.0, mode="bilinear", align_corners=True)
+                    if self.format == "litert":
+                        depth = depth.relu()
+                return depth
+
+        classes["DepthUp"] = DepthUp
 
     for name, made in classes.items():  # where pickle and the docs find them: carafe_ultra.heads.<name>
         made.__module__, made.__qualname__ = __name__, name

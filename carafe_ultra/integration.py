@@ -131,14 +131,42 @@ class _OursInParseModel(ast.NodeTransformer):
         node.elts += [ast.Name(name, ast.Load()) for name in ours if name not in named]
         return node
 
+    def _stock_tested(self, test: ast.expr) -> str | None:
+        """The stock head of a ``m is <stock head>`` test that has twins of ours, else None."""
+        if (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Is)
+                and isinstance(test.comparators[0], ast.Name) and test.comparators[0].id in self.twins):
+            return test.comparators[0].id
+        return None
+
+    def _or_twins(self, test: ast.Compare, stock: str) -> list[ast.expr]:
+        self.taught.add(stock)
+        return [ast.Compare(test.left, [ast.Is()], [ast.Name(twin, ast.Load())]) for twin in self.twins[stock]]
+
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.BoolOp:
         self.generic_visit(node)
         if isinstance(node.op, ast.Or):
             for test in list(node.values):
-                if (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Is)
-                        and isinstance(test.comparators[0], ast.Name) and test.comparators[0].id in self.twins):
-                    node.values += [ast.Compare(test.left, [ast.Is()], [ast.Name(twin, ast.Load())])
-                                    for twin in self.twins[test.comparators[0].id]]
+                stock = self._stock_tested(test)
+                if stock is not None:
+                    node.values += self._or_twins(test, stock)
+        return node
+
+    def visit_If(self, node: ast.If) -> ast.If:
+        """A branch of its own for a stock head (``elif m is Depth:``) takes our twins too; where it rebuilds
+        ``args`` from the row's first ones (Depth keeps only ``c_mid``), our heads keep their upsampler and options
+        (the two row arguments after the stock head's), put back before the channels the branch appends last."""
+        self.generic_visit(node)
+        stock = self._stock_tested(node.test)
+        if stock is None:
+            return node
+        twins = self.twins[stock]
+        node.test = ast.BoolOp(ast.Or(), [node.test, *self._or_twins(node.test, stock)])
+        if any(isinstance(statement, ast.Assign) and any(getattr(target, "id", None) == "args"
+                                                         for target in statement.targets) for statement in node.body):
+            kept = " else ".join(f"args[{HEAD_ROWS[twin][1]}:{HEAD_ROWS[twin][1] + 2}] if m is {twin}"
+                                 for twin in twins)
+            node.body = [*ast.parse(f"_carafe_ultra_kept = {kept} else []").body, *node.body,
+                         *ast.parse("args[-1:-1] = _carafe_ultra_kept").body]
         return node
 
 
@@ -158,7 +186,7 @@ def _parse_model_with_ours(tasks, version: str):
     tree = ast.fix_missing_locations(teacher.visit(tree))
     untaught = sorted(set(twins) - teacher.taught)
     if untaught:
-        raise _unsupported(version, f"parse_model no longer names {', '.join(untaught)} in a set of heads")
+        raise _unsupported(version, f"parse_model no longer names {', '.join(untaught)} in a set or test of heads")
     ast.increment_lineno(tree, original.__code__.co_firstlineno - 1)  # tracebacks point at the lines of tasks.py
     namespace: dict = {}
     exec(compile(tree, original.__code__.co_filename, "exec"), vars(tasks), namespace)
@@ -243,18 +271,17 @@ def _complete_head_row(index: int, row: list) -> None:
     """Check a row of one of our heads and write out, in place, the upsampler and options it leaves to their defaults
     (parse_model appends its own arguments after the row's, so those positions must be filled); raise ``ValueError``
     naming the layer if they cannot be what they mean."""
-    stock, position = HEAD_ROWS[row[2]]
+    stock, position, part = HEAD_ROWS[row[2]]
     args = row[3]
     if not isinstance(args, list) or not position <= len(args) <= position + 2:
-        raise ValueError(f"model YAML layer {index} {row}: args must be {stock}'s {position} arguments, then the mask "
-                         "branch's upsampler (default carafe) and its options, e.g. [nc, 32, 256, carafe, "
-                         "{kernel_size: 3}]")
+        raise ValueError(f"model YAML layer {index} {row}: args must be {stock}'s {position} arguments, then the "
+                         f"{part}'s upsampler (default carafe) and its options, e.g. [..., carafe, {{kernel_size: 3}}]")
     args += [None] * (position + 2 - len(args))
     name, options = args[position] or "carafe", args[position + 1] or {}
     args[position : position + 2] = [name, options]
     problem = None
     if not isinstance(name, str) or name not in UPSAMPLERS:
-        problem = f"unknown mask branch upsampler {name!r}; choose from {', '.join(UPSAMPLERS)}"
+        problem = f"unknown {part} upsampler {name!r}; choose from {', '.join(UPSAMPLERS)}"
     elif not isinstance(options, dict):
         problem = f"the upsampler's options must be a mapping such as {{kernel_size: 3}}, got {options!r}"
     if problem:

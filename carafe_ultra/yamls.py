@@ -96,7 +96,7 @@ DOWN_SUFFIX, BOTH_SUFFIX = "carafe-down", "carafe-both"
 HEAD_SUFFIX, HEAD_ONLY_SUFFIX = "head", "head-only"
 # The stock heads with an upsampling of their own, by YAML name: ours that replaces it, and where its row's upsampler
 # argument goes.
-HEAD_TWINS = {stock: (ours, position) for ours, (stock, position) in HEAD_ROWS.items()}
+HEAD_TWINS = {row.stock: (ours, row.position) for ours, row in HEAD_ROWS.items()}
 
 
 def convert_yaml(
@@ -107,7 +107,7 @@ def convert_yaml(
     upsampler ``upsampler_name`` of :data:`carafe_ultra.upsamplers.UPSAMPLERS` writes it, with ``downsample``
     every stride-s ``Conv`` row of the head (the neck's bottom-up path, never the backbone) as a ``CARAFEDown`` row
     of the same output channels and stride, and with ``heads`` the task head's own upsampling (a segmentation head's
-    mask branch: :mod:`carafe_ultra.heads`) done by an upsampler of the table too; return the file's path.
+    mask branch, the semantic and depth decoders: :mod:`carafe_ultra.heads`) done by an upsampler of the table too; return the file's path.
 
     Each upsampling row keeps its scale and its input channels (taken from the layer feeding it), so every other
     layer keeps its shape at every model scale. ``options`` sets keyword arguments of our upsampling modules in every
@@ -152,7 +152,7 @@ def convert_yaml(
         raise ValueError(f"{model} ({source}) has no stride-2 (or more) Conv row [c2, k, s] in its head to replace")
     if head_entry is not None and not heading:
         raise ValueError(f"{model} ({source}): its {rows[-1][2]} head has no upsampling of its own for --heads to "
-                         f"swap; heads that have one: {', '.join(HEAD_TWINS)} (segmentation)")
+                         f"swap; heads that have one: {', '.join(HEAD_TWINS)}")
 
     note = "# carafe-ultra (convert_yaml): " + source.name + " with "
     swaps = []
@@ -163,8 +163,8 @@ def convert_yaml(
         swaps.append(f"its neck's strided Conv rows (layers {', '.join(map(str, downsampling))}) as {DOWNSAMPLER} rows "
                      "(same output channels and stride)")
     for index, row in heading.items():
-        swaps.append(f"its {rows[index][2]} head (layer {index}) as {row[2]}, whose mask branch upsamples with "
-                     f"{head_entry.name}")
+        swaps.append(f"its {rows[index][2]} head (layer {index}) as {row[2]}, whose {HEAD_ROWS[row[2]].part} "
+                     f"upsamples with {head_entry.name}")
     note += " and ".join(swaps) + ".\n"
     if entry is not None and yaml_module_class(entry.module) in conv_like_modules():  # its rows state their channels
         note += ("# Each row's c2 repeats the nominal channels of the layer feeding it, so every channel count "
@@ -191,8 +191,8 @@ def _suffix(upsampler_name: str | None, downsample: bool, head_name: str | None 
 
 
 def _head_row(row: list, upsampler_name: str, options: dict | None) -> list:
-    """A stock segmentation head's row (or one of ours) as our head's row with ``upsampler_name`` (and ``options``)
-    in its mask branch: the stock head's arguments, then the upsampler, then its options if any."""
+    """A stock task head's row (or one of ours) as our head's row with ``upsampler_name`` (and ``options``) for its
+    own upsampling: the stock head's arguments, then the upsampler, then its options if any."""
     origin, repeats, module, args = row
     ours = HEAD_TWINS[module][0] if module in HEAD_TWINS else module
     position = HEAD_ROWS[ours][1]

@@ -32,7 +32,7 @@ def test_wheel_contents(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"carafe_ultra_autoload.pth", "_carafe_ultra_autoload.py", "carafe_ultra/__init__.py",
             "carafe_ultra/backends/kernels/carafe.cu", "carafe_ultra/backends/kernels/host_shim.cpp"} <= names
-    assert len(SHIPPED) == 14  # 9 CARAFE conversions, 2 with both swaps, 2 with CARAFE heads, the RT-DETR-R18 base
+    assert len(SHIPPED) == 16  # 9 CARAFE conversions, 2 with both swaps, 4 with CARAFE heads, the RT-DETR-R18 base
     assert sorted(n.removeprefix("carafe_ultra/models/") for n in names if n.startswith("carafe_ultra/models/")) == SHIPPED
     assert not any(n.startswith("models/") for n in names)  # inside the package, not beside it
     (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]

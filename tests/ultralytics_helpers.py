@@ -48,10 +48,13 @@ SHIPPED_BOTH = {
     "rtdetr-l-carafe-both.yaml": STOCK_MODELS / "rt-detr" / "rtdetr-l.yaml",
     "yolo11-carafe-both.yaml": STOCK_MODELS / "11" / "yolo11.yaml",
 }
-# Shipped YAMLs with CARAFE in the neck and in the segmentation head's mask branch, by the stock file they convert.
+# Shipped YAMLs with CARAFE in the neck and in the task head's own upsampling (the segmentation head's mask branch,
+# the semantic and depth decoders), by the stock file they convert.
 SHIPPED_HEAD = {
     "yolo11-seg-carafe-head.yaml": STOCK_MODELS / "11" / "yolo11-seg.yaml",
     "yolo26-seg-carafe-head.yaml": STOCK_MODELS / "26" / "yolo26-seg.yaml",
+    "yolo26-sem-carafe-head.yaml": STOCK_MODELS / "26" / "yolo26-sem.yaml",
+    "yolo26-depth-carafe-head.yaml": STOCK_MODELS / "26" / "yolo26-depth.yaml",
 }
 
 
