@@ -7,6 +7,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from ultralytics import YOLO
@@ -29,7 +31,7 @@ from carafe_ultra.experiments.ablation import (
 )
 from carafe_ultra.integration import ultralytics_model
 from carafe_ultra.upsamplers import UPSAMPLERS
-from tests.ultralytics_helpers import tiny_dataset
+from tests.ultralytics_helpers import tiny_dataset, tiny_seg_dataset
 
 UPSAMPLER_TYPES = {"nearest": torch.nn.Upsample, "bilinear": torch.nn.Upsample, "carafe": CARAFE,
                    "convtranspose": torch.nn.ConvTranspose2d, "dysample": DySample, "eucb": EUCB}
@@ -319,6 +321,58 @@ def test_data_of_the_models_task_is_taken(model, labels, data, tmp_path):
     assert Settings(model=model, data=data_variant(data, tmp_path, labels=labels)).data.endswith("data.yaml")
 
 
+@pytest.fixture(scope="module")
+def dense_data(tmp_path_factory):
+    """The tiny generated semantic and depth sets, by task."""
+    root = tmp_path_factory.mktemp("dense")
+    return {task: tiny_seg_dataset(root, task) for task in ("semantic", "depth", "segment")}
+
+
+def copied(data_yaml: str, folder: Path) -> Path:
+    """A copy of a generated set whose files may be changed, its data.yaml rewritten to point at it."""
+    source = Path(data_yaml).parent
+    shutil.copytree(source, folder)
+    (folder / "data.yaml").write_text((source / "data.yaml").read_text().replace(str(source), str(folder)))
+    return folder
+
+
+@pytest.mark.parametrize("model,given,message", [
+    ("yolo26n-sem.yaml", "depth", "is depth data \\(it has depth_scale\\), but yolo26n-sem.yaml is a semantic model"),
+    ("yolo26n-depth.yaml", "semantic", "is semantic data \\(it has masks_dir\\), but yolo26n-depth.yaml is a depth"),
+    ("yolo26n-depth.yaml", "segment", "no depth map .*depth/train/00000.png for the training images, which "
+                                      "yolo26n-depth.yaml trains on"),
+    ("yolov8n-seg.yaml", "semantic", "is semantic data \\(it has masks_dir\\), but yolov8n-seg.yaml is a segment"),
+])
+def test_dense_data_of_another_task_is_refused(model, given, message, dense_data):
+    with pytest.raises(ValueError, match=message):
+        Settings(model=model, data=dense_data[given])
+
+
+def test_semantic_data_needs_masks_or_polygons(dense_data, data, tmp_path):
+    with pytest.raises(ValueError, match="has no masks_dir and no polygon labels, but yolo26n-sem.yaml is a semantic "
+                                         "segmentation model"):
+        Settings(model="yolo26n-sem.yaml", data=data)  # boxes
+    folder = copied(dense_data["semantic"], tmp_path / "semantic")
+    (folder / "masks" / "train" / "00000.png").unlink()
+    with pytest.raises(ValueError, match="no class mask .*masks/train/00000.png \\(masks_dir: masks\\)"):
+        Settings(model="yolo26n-sem.yaml", data=str(folder / "data.yaml"))
+
+
+@pytest.mark.parametrize("model,task", [("yolo26n-sem.yaml", "semantic"), ("yolo26n-sem.yaml", "segment"),
+                                        ("yolo26n-depth.yaml", "depth")])
+def test_dense_data_of_the_models_task_is_taken(model, task, dense_data):
+    assert Settings(model=model, data=dense_data[task]).data == dense_data[task]
+
+
+def test_depth_maps_that_are_not_16_bit_are_refused(dense_data, tmp_path):
+    folder = copied(dense_data["depth"], tmp_path / "depth")
+    eight_bit = folder / "depth" / "train" / "00000.png"
+    cv2.imwrite(str(eight_bit), (cv2.imread(str(eight_bit), cv2.IMREAD_UNCHANGED) // 256).astype(np.uint8))
+    with pytest.raises(ValueError, match="Depth PNG .*00000.png must be a 2D uint16 map \\(16-bit PNG of depth_scale "
+                                         "units per metre\\), which yolo26n-depth.yaml trains on"):
+        Settings(model="yolo26n-depth.yaml", data=str(folder / "data.yaml"))
+
+
 @pytest.mark.parametrize("content,message", [
     ("train: [unclosed\nval: x\n", "YAML syntax error in"),
     ("just a string\n", "is not a valid YAML mapping"),
@@ -403,8 +457,6 @@ def test_restart_starts_the_folder_over(tmp_path, data, capsys):
 
 @pytest.fixture(scope="module")
 def seg_data(tmp_path_factory):
-    from tests.ultralytics_helpers import tiny_seg_dataset
-
     return tiny_seg_dataset(tmp_path_factory.mktemp("seg-data"))
 
 
@@ -447,9 +499,39 @@ def test_a_seg_ablation_from_stock_weights_says_what_each_arm_took(tmp_path, seg
 
 
 @pytest.mark.parametrize("model", ["yolov8n.yaml", "yolo11n-pose.yaml"])
-def test_head_arms_need_a_segmentation_model(model):
-    with pytest.raises(ValueError, match=f"arm carafe-head swaps a segmentation head's mask branch, but {model} is a"):
+def test_head_arms_need_a_model_whose_head_upsamples(model):
+    with pytest.raises(ValueError, match=f"arm carafe-head swaps a task head's own upsampling .*, but {model} is a"):
         Settings(model=model, arms=["nearest", "carafe-head"])
+
+
+@pytest.mark.parametrize("model,task,figures,judged", [
+    ("yolo26n-sem.yaml", "semantic", {"pixel_accuracy", "mIoU"}, "mIoU"),
+    ("yolo26n-depth.yaml", "depth", {"AbsRel", "delta1"}, "delta1"),
+])
+def test_a_semantic_or_depth_model_makes_an_ablation_of_its_task(model, task, figures, judged, tmp_path, dense_data,
+                                                                   monkeypatch):
+    asked = []
+    monkeypatch.setattr(ablation, "default_data",
+                        lambda imgsz, seed=0, task="detect": asked.append(task) or dense_data[task])
+    settings = tiny(tmp_path, None, model=model, seeds=[0, 1], arms=["nearest", "carafe", "carafe-head", "carafe-all"])
+    summary = run_ablation(settings, log=lambda line: None)
+    assert set(asked) == {task} and summary["task"] == task and summary["verdict_metric"] == judged
+    assert summary["lower_is_better"] == (["AbsRel"] if task == "depth" else [])
+    for arm in summary["arms"]:
+        assert figures <= set(arm) and "mAP50" not in arm
+        if arm["upsampler"] != "nearest":
+            assert set(arm["delta_vs_nearest"]) == figures and arm["delta_vs_nearest"][judged]["n"] == 2
+    runs = tmp_path / "out" / "runs"
+    head = ultralytics_model(runs / "carafe-head-seed1" / "weights" / "best.pt").model.model[-1]
+    assert type(head).__name__ == {"semantic": "SemanticSegmentUp", "depth": "DepthUp"}[task]
+    result = json.loads((runs / "carafe-all-seed0" / "result.json").read_text())
+    own, other = (("pixel_accuracy", "mIoU"), ("abs_rel", "delta1"))[:: 1 if task == "semantic" else -1]
+    assert result["mAP50"] is None and all(result[f] >= 0 for f in own) and all(result[f] is None for f in other)
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert f"verdict ({judged})" in table and "| carafe-all |" in table
+    assert ("Lower is better for AbsRel." in table) == (task == "depth")
+    assert sorted(p.name for p in (tmp_path / "out").glob("show-*.png")) == [
+        "show-carafe-all.png", "show-carafe-head.png", "show-carafe.png"]
 
 
 def test_the_generated_set_follows_the_models_task():

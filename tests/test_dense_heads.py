@@ -2,7 +2,8 @@
 the stock YAMLs convert with --heads at every scale and keep their outputs (the semantic logits brought to the
 image); every upsampler fits both; stock weights transfer into every layer but the new upsamplers'; FLOPs count the
 decoders' reassembly; the stock heads' eval and export contracts hold (class map baked, depth calibrated and resized);
-torch.compile; rows checked with the layer named; safe loading in a fresh process."""
+torch.compile; rows checked with the layer named; safe loading in a fresh process; the yolo command trains both on
+the generated semantic and depth sets."""
 
 import importlib
 import subprocess
@@ -17,7 +18,7 @@ from ultralytics.utils.torch_utils import get_flops
 from carafe_ultra import CARAFE, convert_yaml, model_yaml
 from carafe_ultra.integration import ultralytics_model
 from carafe_ultra.upsamplers import UPSAMPLERS
-from tests.ultralytics_helpers import STOCK_MODELS, output_shapes
+from tests.ultralytics_helpers import COMMON, STOCK_MODELS, output_shapes, tiny_seg_dataset, yolo
 
 STOCK = {"semantic": STOCK_MODELS / "26" / "yolo26-sem.yaml", "depth": STOCK_MODELS / "26" / "yolo26-depth.yaml"}
 SCALES = list(yaml.safe_load(STOCK["depth"].read_text())["scales"])
@@ -186,6 +187,19 @@ def test_a_wrong_head_row_is_an_error_naming_the_layer(row, args, pattern, tmp_p
     path.write_text(stock.read_text().replace(row, f"1, {head}Up, {args}"))
     with pytest.raises(ValueError, match=rf"model YAML layer \d+ .*{head}Up.*: " + pattern):
         YOLO(str(path))
+
+
+@pytest.mark.parametrize("task,metric", [("semantic", "metrics/mIoU"), ("depth", "metrics/delta1")])
+def test_yolo_trains_and_validates_the_shipped_model_on_the_generated_set(task, metric, tmp_path):
+    data = tiny_seg_dataset(tmp_path / "data", task)
+    model = model_yaml(STOCK[task].name.replace("26-", "26n-").replace(".yaml", "-carafe-head.yaml"))
+    yolo("train", tmp_path, model=model, data=data, epochs=1, project=tmp_path, name="run")
+    header = (tmp_path / "run" / "results.csv").read_text().splitlines()[0].split(",")
+    assert metric in [column.strip() for column in header]
+    trained = YOLO(tmp_path / "run" / "weights" / "best.pt")
+    assert trained.task == task and type(trained.model.model[-1]).__name__ == type(network(model).model[-1]).__name__
+    validation = trained.val(data=data, **{**COMMON, "project": str(tmp_path), "name": "val"})
+    assert metric in validation.results_dict
 
 
 @pytest.mark.parametrize("task", list(STOCK))

@@ -247,6 +247,28 @@ def test_the_mask_branch_kernels_and_prototypes(model, image, tmp_path):
         inspect_image(path, image, layers=["23.proto.nothing"], imgsz=IMGSZ)
 
 
+@pytest.mark.parametrize("model,decoder", [("yolo26n-sem.yaml", ["17.upsample"]),
+                                           ("yolo26n-depth.yaml", ["23.head.1", "23.lifts.0", "23.lifts.1"])])
+def test_the_semantic_and_depth_decoders_kernels(model, decoder, image, tmp_path):
+    path = tmp_path / "dense.pt"
+    ultralytics_model(convert_yaml(model, "carafe", tmp_path, heads=True)).save(path)
+    figure, inspection = show(path, image, imgsz=IMGSZ, out=tmp_path / "figure.png")
+    assert [v.index for v in inspection.layers] == [11, 14, *decoder]
+    assert inspection.points == [(32.0, 32.0), (16.0, 16.0), (48.0, 48.0)]  # no boxes: the centre and two more
+    network = ultralytics_model(path).model.float().eval()
+    first = decoder[0].split(".", 1)
+    layer = network.model[int(first[0])].get_submodule(first[1])
+    captured = {}
+    layer.register_forward_hook(lambda m, args, out: captured.__setitem__("in", args[0]))
+    boxed, _ = letterbox(cv2.imread(str(image)), IMGSZ)
+    with torch.no_grad():
+        network(torch.from_numpy(boxed[..., ::-1].copy()).permute(2, 0, 1)[None].float() / 255)
+        masks = layer.masks(captured["in"])[0].numpy()
+    view = inspection.layers[2]
+    np.testing.assert_allclose(view.masks, masks, atol=1e-6)  # the kernels drawn are the decoder's own
+    assert view.prototypes is None and f"{decoder[0].replace('.', ' ', 1)} CARAFE, point 1" in "\n".join(titles(figure))
+
+
 def test_the_command_line_takes_a_mask_branch_layer(image, tmp_path):
     path = tmp_path / "seg.pt"
     ultralytics_model(model_yaml("yolo11n-seg-carafe-head.yaml")).save(path)

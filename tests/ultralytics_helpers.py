@@ -22,9 +22,10 @@ def tiny_dataset(root: Path) -> str:
     return str(shapes_dataset(TINY_SHAPES, root=root))
 
 
-def tiny_seg_dataset(root: Path) -> str:
-    """The same scenes' kind with instance masks (polygon labels): the path of its data.yaml."""
-    return str(shapes_dataset(replace(TINY_SHAPES, task="segment"), root=root))
+def tiny_seg_dataset(root: Path, task: str = "segment") -> str:
+    """The same scenes' kind with instance masks (polygon labels), or semantic masks or depth maps (``task``): the
+    path of its data.yaml."""
+    return str(shapes_dataset(replace(TINY_SHAPES, task=task), root=root))
 
 
 STOCK_MODELS = Path(ultralytics.__file__).parent / "cfg" / "models"

@@ -42,7 +42,7 @@ from .atomic import replaced_atomically, write_text_atomically
 from .data_check import check_data
 from .settings_record import RECORD, SettingsChanged, check_same_experiment
 from .tasks import label as metric_label
-from .tasks import task_of
+from .tasks import HEAD_TASKS, task_of
 from .timing import interleaved_seconds, synchronizer
 
 DEFAULT_ARMS = ("nearest", "carafe")
@@ -102,9 +102,10 @@ class Settings:
             raise ValueError(f"arms must be distinct, got {self.arms}")
         for arm in filter(lambda arm: arm.head, arms):  # (Ultralytics is read only here: the GPU check may lack it)
             task = task_of(self.model)
-            if task.name != "segment":
-                raise ValueError(f"arm {arm.spec} swaps a segmentation head's mask branch, but {self.model} is a "
-                                 f"{task.name} model, whose head has no upsampling of its own")
+            if task.name not in HEAD_TASKS:
+                raise ValueError(f"arm {arm.spec} swaps a task head's own upsampling (a segmentation mask branch, a "
+                                 f"semantic or depth decoder), but {self.model} is a {task.name} model, whose head "
+                                 "has no upsampling of its own")
         for name in ("gpus_per_run", "cpus_per_run"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -123,20 +124,21 @@ class Settings:
 
 # Arms with CARAFE++'s downsampling swap (the neck's strided Convs as CARAFEDown), by name: the upsampler they keep.
 DOWNSAMPLING_ARMS = {"carafe-down": "nearest", "carafe-both": "carafe"}
-# Arms that swap a segmentation head's mask branch (carafe_ultra.heads), by name: the neck's upsampler and the head's.
+# Arms that swap a task head's own upsampling (carafe_ultra.heads: a segmentation mask branch, a semantic or depth
+# decoder), by name: the neck's upsampler and the head's.
 HEAD_ARMS = {"carafe-head": ("nearest", "carafe"), "carafe-all": ("carafe", "carafe")}
 
 
 @dataclass(frozen=True)
 class Arm:
     """One arm: an upsampler of the table, with options for our module's keyword arguments, with ``downsample`` the
-    neck's strided Conv rows as CARAFEDown rows, and with ``head`` the segmentation head's mask branch upsampling
-    with that upsampler of the table.
+    neck's strided Conv rows as CARAFEDown rows, and with ``head`` the task head's own upsampling (a segmentation mask
+    branch, a semantic or depth decoder) with that upsampler of the table.
 
     Written ``carafe`` or ``carafe:kernel_size=3,compressed_channels=16`` on the command line; ``carafe-down``
     (nearest upsampling, CARAFEDown) and ``carafe-both`` (CARAFE and CARAFEDown) name the downsampling arms,
-    ``carafe-head`` (the stock neck, CARAFE in the mask branch) and ``carafe-all`` (CARAFE in both) the head arms,
-    whose options go to the mask branch's CARAFE (and the neck's, in carafe-all).
+    ``carafe-head`` (the stock neck, CARAFE in the head) and ``carafe-all`` (CARAFE in both) the head arms, whose
+    options go to the head's CARAFE (and the neck's, in carafe-all).
     """
 
     spec: str
@@ -152,7 +154,7 @@ class Arm:
 
     def definition(self) -> dict:
         """What the arm trains: its upsampler and every option of our module (defaults included, so that a release
-        that changes one is seen), whether the neck's strided Convs are CARAFEDown, and the mask branch's upsampler
+        that changes one is seen), whether the neck's strided Convs are CARAFEDown, and the head's upsampler
         of the head arms."""
         options = {}
         if self.upsampler.module_class is not None:  # after c1 and c2, which come from the model
@@ -288,12 +290,16 @@ class RunResult:
 
     upsampler: str
     seed: int
-    mAP50: float  # of the boxes
-    mAP50_95: float
+    mAP50: float | None  # of the boxes (None for the tasks without boxes: semantic, depth)
+    mAP50_95: float | None
     train_seconds: float
     weights_taken: list[int] | None = None  # [state entries taken over from the weights, entries in all]
     mask_mAP50: float | None = None  # instance segmentation: of the masks
     mask_mAP50_95: float | None = None
+    pixel_accuracy: float | None = None  # semantic segmentation
+    mIoU: float | None = None
+    abs_rel: float | None = None  # depth
+    delta1: float | None = None
 
 
 @dataclass
@@ -325,8 +331,9 @@ def run_arm(settings: Settings, arm: Arm, seed: int, data: str, weights: str | N
         model.add_callback("on_pretrain_routine_end", functools.partial(_note_weights_taken, weights=weights))
     metrics, trainer = resume.train(model, run_dir, _trainer(model, settings), **recipe(settings, seed, weights),
                                     data=data)
-    result = RunResult(upsampler=arm.spec, seed=seed, **task_of(settings.model).measure(metrics),
-                       train_seconds=trainer.train_seconds, weights_taken=trainer.notes.get("weights_taken"))
+    figures = {"mAP50": None, "mAP50_95": None, **task_of(settings.model).measure(metrics)}
+    result = RunResult(upsampler=arm.spec, seed=seed, **figures, train_seconds=trainer.train_seconds,
+                       weights_taken=trainer.notes.get("weights_taken"))
     write_text_atomically(run_dir / "result.json", json.dumps(asdict(result), indent=2) + "\n")
     resume.checkpoint_path(run_dir).unlink(missing_ok=True)  # finished: a re-run reuses result.json instead
     return result
@@ -695,8 +702,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"upsamplers: {', '.join(UPSAMPLERS)}; options after a colon, e.g. "
                              "carafe:kernel_size=3,compressed_channels=16; carafe-down (the neck's strided Convs as "
                              "CARAFE++ downsamplers, nearest upsampling) and carafe-both (CARAFE and CARAFEDown); "
-                             "for segmentation models carafe-head (CARAFE in the mask branch, the stock neck) and "
-                             "carafe-all (CARAFE in the neck and the mask branch)")
+                             "for segmentation, semantic and depth models carafe-head (CARAFE in the head's own "
+                             "upsampling, the stock neck) and carafe-all (CARAFE in the neck and the head)")
     parser.add_argument("--out", default=defaults.out,
                         help="output folder: a re-run of the same command resumes there; other settings are refused")
     parser.add_argument("--restart", action="store_true",

@@ -1,12 +1,19 @@
 """A small dataset generated on the spot (nothing is downloaded), deterministic for a given spec: boxes for
-detection, or exact instance masks for instance segmentation.
+detection, exact instance masks for instance segmentation, per-pixel class masks for semantic segmentation, or
+metric depth maps for depth estimation.
 
 Scenes are made so that upsampling quality can matter: many small objects of several classes, objects that
 touch or overlap, thin distractors and textured clutter on a noisy background. Images are PNG (lossless, so
 the same spec gives the same bytes) in Ultralytics' YOLO layout with a ``data.yaml`` beside them. For segmentation
 (``task="segment"``) every object is drawn by filling the polygon its label gives (Ultralytics' polygon format,
 one polygon per instance; a ring is one polygon around its hole, joined to it by a seam), so the polygon and the
-pixels agree exactly; those objects touch but never overlap, so no instance hides part of another.
+pixels agree exactly; those objects touch but never overlap, so no instance hides part of another. The semantic set
+(``task="semantic"``) has the same scenes with, instead of polygons, one class-index PNG per image in Ultralytics'
+``masks_dir`` layout (``masks/<split>/``), background class 0 and the shapes 1-5, each object's pixels the ones its
+polygon fills. The depth set (``task="depth"``) has them with each object at a depth of its own in front of a slanted
+background plane, as 16-bit PNGs in millimetres in Ultralytics' layout (``depth/<split>/``, ``depth_scale: 1000``):
+depth steps at every object's edge, and the image is hazed by its depth (farther is paler), so depth can be read
+from it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ import numpy as np
 from .._checks import check_int
 
 CLASSES = ("disc", "square", "triangle", "ring", "cross")
-TASKS = ("detect", "segment")  # what the labels are: boxes, or polygons (instance masks)
+TASKS = ("detect", "segment", "semantic", "depth")  # what the labels are: boxes, polygons, class masks, depth maps
+BACKGROUND = "background"  # the semantic set's class 0
+DEPTH_SCALE = 1000  # depth PNG value per metre (Ultralytics' default)
+OBJECT_DEPTH = (1.0, 3.5)  # metres; the background plane lies behind, between these:
+BACKGROUND_DEPTH = (4.0, 10.0)
+HAZE, HAZE_LEVEL = 0.12, 200.0  # per metre: a pixel keeps exp(-HAZE·depth) of its colour, the rest is grey HAZE_LEVEL
 CIRCLE_VERTICES = 32  # of the polygons of discs and rings
 
 
@@ -96,21 +108,66 @@ def shapes_dataset(spec: ShapesSpec = ShapesSpec(), root: Path | None = None) ->
 def _generate(spec: ShapesSpec, folder: Path) -> None:
     data_yaml = folder / "data.yaml"
     rng = np.random.default_rng(spec.seed)
+    targets = {"semantic": "masks", "depth": "depth"}.get(spec.task, "labels")
     for split, count in (("train", spec.train_images), ("val", spec.val_images)):
         (folder / "images" / split).mkdir(parents=True, exist_ok=True)
-        (folder / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (folder / targets / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            if spec.task == "segment":
+            stem = f"{index:05d}"
+            if spec.task == "detect":
+                image, labels = _scene(spec, rng)
+                rows = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
+            else:
                 image, polygons = _segment_scene(spec, rng)
                 rows = [f"{c} " + " ".join(f"{v / spec.image_size:.6f}" for v in polygon.ravel())
                         for c, polygon in polygons]
+            if spec.task == "semantic":
+                cv2.imwrite(str(folder / targets / split / f"{stem}.png"), _class_mask(image.shape[:2], polygons))
+            elif spec.task == "depth":
+                # depths drawn apart, so the scenes stay the segmentation set's
+                image, depth = _depth_scene(image, polygons, np.random.default_rng([spec.seed, len(split), index]))
+                cv2.imwrite(str(folder / targets / split / f"{stem}.png"), depth)
             else:
-                image, labels = _scene(spec, rng)
-                rows = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
-            cv2.imwrite(str(folder / "images" / split / f"{index:05d}.png"), image)
-            (folder / "labels" / split / f"{index:05d}.txt").write_text("\n".join(rows) + "\n")
-    names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASSES))
-    data_yaml.write_text(f"path: {folder}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+                (folder / targets / split / f"{stem}.txt").write_text("\n".join(rows) + "\n")
+            cv2.imwrite(str(folder / "images" / split / f"{stem}.png"), image)
+    data_yaml.write_text(f"path: {folder}\ntrain: images/train\nval: images/val\n{_task_keys(spec.task)}")
+
+
+def _task_keys(task: str) -> str:
+    """The data YAML's lines after the splits: the classes, and where the semantic masks or the depth scale are."""
+    if task == "depth":
+        return f"nc: 1\nnames:\n  0: depth\ndepth_scale: {DEPTH_SCALE}\n"
+    names = (BACKGROUND, *CLASSES) if task == "semantic" else CLASSES
+    lines = "".join(f"  {i}: {name}\n" for i, name in enumerate(names))
+    return ("masks_dir: masks\n" if task == "semantic" else "") + f"names:\n{lines}"
+
+
+def _class_mask(shape: tuple[int, int], polygons: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """(H, W) uint8 class indices: background 0, each object's polygon filled with its class + 1."""
+    mask = np.zeros(shape, np.uint8)
+    for cls, polygon in polygons:
+        cv2.fillPoly(mask, [polygon], cls + 1)
+    return mask
+
+
+def _depth_scene(image: np.ndarray, polygons: list[tuple[int, np.ndarray]], rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The scene hazed by its depth, and its depth as uint16 millimetres: a background plane rising from its near to
+    its far depth along a random direction, each object's polygon at one depth of its own in front of it."""
+    size = image.shape[0]
+    near, far = np.sort(rng.uniform(*BACKGROUND_DEPTH, 2))
+    angle = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:size, 0:size] / (size - 1)
+    along = np.cos(angle) * xs + np.sin(angle) * ys
+    along = (along - along.min()) / (along.max() - along.min())
+    depth = near + (far - near) * along
+    for _, polygon in polygons:
+        inside = cv2.fillPoly(np.zeros((size, size), np.uint8), [polygon], 1).astype(bool)
+        depth[inside] = rng.uniform(*OBJECT_DEPTH)
+    millimetres = np.round(depth * DEPTH_SCALE).astype(np.uint16)
+    kept = np.exp(-HAZE * millimetres / DEPTH_SCALE)[..., None]  # haze by the depth the label holds
+    hazed = np.round(image * kept + HAZE_LEVEL * (1 - kept)).astype(np.uint8)
+    return hazed, millimetres
 
 
 def _scene(spec: ShapesSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:

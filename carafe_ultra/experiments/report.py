@@ -3,7 +3,8 @@
 Arms are compared with nearest upsampling through seed-paired differences (same seed: same data order and
 augmentation), and the verdict comes from a 90% interval of their mean, never from the mean alone. The figures are
 the task's (:mod:`.tasks`): box mAP50 and mAP50-95 for detection, and the masks' too for instance segmentation,
-whose verdict is on mask mAP50-95.
+whose verdict is on mask mAP50-95; pixel accuracy and mIoU for semantic segmentation (verdict on mIoU); AbsRel (lower
+is better) and delta1 for depth (verdict on delta1).
 """
 
 from __future__ import annotations
@@ -81,11 +82,15 @@ def paired_delta(values: dict[int, float], baseline: dict[int, float]) -> dict:
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
 
 
-def verdict(delta: dict) -> str:
-    """The word for a paired difference: better, worse or not distinguishable at this budget (interval only)."""
-    if delta["low"] is not None and delta["low"] > 0:
+def verdict(delta: dict, lower_is_better: bool = False) -> str:
+    """The word for a paired difference: better, worse or not distinguishable at this budget (interval only); with
+    ``lower_is_better`` (an error such as AbsRel) a difference below zero is the better one."""
+    low, high = delta["low"], delta["high"]
+    if low is not None and lower_is_better:  # the interval of the improvement
+        low, high = -high, -low
+    if low is not None and low > 0:
         return "better"
-    if delta["high"] is not None and delta["high"] < 0:
+    if high is not None and high < 0:
         return "worse"
     return "not distinguishable at this budget"
 
@@ -123,7 +128,7 @@ def write_summary(settings, data: str, weights: str | None, results: list, costs
     out = Path(settings.out)
     arms = summarise(results, costs, task)
     summary = {"task": task.name, "metrics": list(task.metrics), "verdict_metric": task.verdict_metric,
-               "arms": arms, "delta_method": DELTA_METHOD,
+               "lower_is_better": sorted(task.lower_is_better), "arms": arms, "delta_method": DELTA_METHOD,
                "settings": {**asdict(settings), "data": data, "weights": weights},
                "seeds": list(settings.seeds), "runs": [asdict(r) for r in results], "missing": list(missing),
                "latency_device": latency_device}
@@ -155,7 +160,7 @@ def _metrics(summary: dict) -> list[str]:
 def markdown_table(summary: dict) -> str:
     arms = summary["arms"]
     metrics = _metrics(summary)
-    judged = metrics[-1]
+    judged, lower = metrics[-1], set(summary.get("lower_is_better", ()))
     s = summary["settings"]
     seeds = summary["seeds"]
     spread = len(seeds) > 1
@@ -183,17 +188,19 @@ def markdown_table(summary: dict) -> str:
         lines.append(
             f"| {a['upsampler']} | "
             + "".join(f"{_accuracy(a, k, spread)} | {_interval(delta and delta[k])} | " for k in metrics)
-            + f"{verdict(delta[judged]) if delta else ''} | {a['params']:,} | {a['GFLOPs']:.2f} | "
-            f"{a['latency_ms']:.1f} |"
+            + f"{verdict(delta[judged], judged in lower) if delta else ''} | {a['params']:,} | "
+            f"{a['GFLOPs']:.2f} | {a['latency_ms']:.1f} |"
         )
-    lines += ["", *_sentences(arms, metrics), ""]
+    if lower:
+        lines += ["", f"Lower is better for {', '.join(label(k) for k in metrics if k in lower)}."]
+    lines += ["", *_sentences(arms, metrics, lower), ""]
     if summary.get("missing"):
         lines += ["Missing runs (failed or not run yet; a re-run trains only these, resuming where they stopped): "
                   f"{', '.join(summary['missing'])}.", ""]
     return "\n".join(lines)
 
 
-def _sentences(arms: list[dict], metrics: list[str]) -> list[str]:
+def _sentences(arms: list[dict], metrics: list[str], lower: set[str] = frozenset()) -> list[str]:
     """One sentence per arm compared with nearest, from the intervals (the verdict's metric first), plus what the
     weights transfer took."""
     if not any("delta_vs_nearest" in a for a in arms):
@@ -202,7 +209,8 @@ def _sentences(arms: list[dict], metrics: list[str]) -> list[str]:
     for a in arms:
         delta = a.get("delta_vs_nearest")
         if delta:
-            judged = ", ".join(f"{label(k)} {verdict(delta[k])} ({_interval(delta[k])})" for k in reversed(metrics))
+            judged = ", ".join(f"{label(k)} {verdict(delta[k], k in lower)} ({_interval(delta[k])})"
+                               for k in reversed(metrics))
             sentences.append(f"- {a['upsampler']} against nearest over {delta[metrics[-1]]['n']} paired seed(s): "
                              f"{judged}.")
     if any(a.get("delta_vs_nearest", {}).get(metrics[-1], {}).get("n") == 1 for a in arms):

@@ -7,9 +7,11 @@ was given (each group's k x k weights over its source window, with the centre ta
 upsampling), the upsampled features beside what nearest upsampling makes of the same input (one three-component
 PCA shared by both), and how the centre weight is spread over the map; the same for every CARAFEDown layer, with its
 reassembly beside strided sampling of its input (centre weight 1); for every DySample layer, where its output
-pixels sample the input (arrows from each output pixel to its sampling point) and how far. Upsamplers inside a
-segmentation head's mask branch (:mod:`carafe_ultra.heads`) are layers too, named after their place
-(``23.proto.upsample``, ``23.proto.lifts.0``), and their row also shows the prototypes the mask branch made.
+pixels sample the input (arrows from each output pixel to its sampling point) and how far. Upsamplers inside a task
+head (:mod:`carafe_ultra.heads`) are layers too, named after their place: a segmentation head's mask branch
+(``23.proto.upsample``, ``23.proto.lifts.0``, whose row also shows the prototypes the mask branch made), a semantic
+head's decoder (``17.upsample``, the logits' ×8), a depth head's (``23.lifts.0``, ``23.head.1``). Without boxes to
+look at (semantic and depth models, or no detection), the points are the centre and two points towards the corners.
 :func:`inspect_image` returns the arrays, :func:`draw` the figure, :func:`show` both.
 """
 
@@ -92,21 +94,23 @@ COMPARED = {"CARAFE": "nearest of the same", "CARAFEDown": "strided sampling of 
 
 
 def shown_layers(model: torch.nn.Module) -> dict[int | str, torch.nn.Module]:
-    """The CARAFE, CARAFEDown and DySample layers of an Ultralytics network: its rows by their index, and those in a
-    segmentation head's mask branch by their place (``"23.proto.upsample"``)."""
+    """The CARAFE, CARAFEDown and DySample layers of an Ultralytics network: its rows by their index, and those inside
+    a row (a task head's) by their place (``"23.proto.upsample"``, ``"17.upsample"``)."""
     found: dict[int | str, torch.nn.Module] = {}
     for i, m in enumerate(model.model):
         if isinstance(m, SHOWN):
             found[i] = m
-        for name, inner in getattr(m, "proto", torch.nn.Module()).named_modules():
+            continue
+        for name, inner in m.named_modules():
             if isinstance(inner, SHOWN):
-                found[f"{i}.proto.{name}"] = inner
+                found[f"{i}.{name}"] = inner
     return found
 
 
 def _mask_branches(model: torch.nn.Module, chosen: list[int | str]) -> dict[int | str, torch.nn.Module]:
     """The head's ``proto`` each chosen layer inside a mask branch belongs to."""
-    return {key: model.model[int(key.split(".")[0])].proto for key in chosen if isinstance(key, str)}
+    return {key: model.model[int(key.split(".")[0])].proto for key in chosen
+            if isinstance(key, str) and ".proto." in key}
 
 
 def letterbox(image_bgr: np.ndarray, imgsz: int) -> tuple[np.ndarray, dict]:
@@ -224,7 +228,7 @@ def _dysample_view(index: int, layer: DySample, x: Tensor, stride_in: float,
 def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers: list[int | str] | None = None,
                   points: list[tuple[float, float]] | None = None, imgsz: int = 640) -> Inspection:
     """Run the checkpoint's network on ``image`` (a path, or a BGR array as OpenCV reads it) and collect what its
-    CARAFE, CARAFEDown and DySample layers (``layers``: indices or places in a mask branch, default all) did at
+    CARAFE, CARAFEDown and DySample layers (``layers``: indices or places in a task head, default all) did at
     ``points`` (original pixels; default :func:`default_points` of its detections). Raises :class:`UsageError` for
     input it cannot use."""
     import cv2
@@ -249,9 +253,10 @@ def inspect_image(checkpoint: str | Path, image: str | Path | np.ndarray, layers
                          + ", ".join(f"{i} ({type(m).__name__})" for i, m in available.items()))
     height, width = picture.shape[:2]
     if points is None:
-        result = model.predict(picture, imgsz=imgsz, verbose=False, device="cpu")[0]
-        order = result.boxes.conf.argsort(descending=True)
-        points = default_points(result.boxes.xyxy[order].cpu().numpy(), width, height)
+        boxes = model.predict(picture, imgsz=imgsz, verbose=False, device="cpu")[0].boxes  # None: no boxes to tell
+        order = boxes.conf.argsort(descending=True) if boxes is not None else []
+        points = default_points(boxes.xyxy[order].cpu().numpy() if boxes is not None else np.zeros((0, 4)), width,
+                                height)
     outside = [p for p in points if not (0 <= p[0] < width and 0 <= p[1] < height)]
     if outside:
         raise UsageError(f"point(s) {outside} lie outside the image ({width} x {height} pixels; x in [0, {width}), "
@@ -335,11 +340,12 @@ def _legend(inspection: Inspection) -> str:
 
 
 def _name(view: LayerView) -> str:
-    """How a figure names a layer: ``layer 14``, or inside layer 23's mask branch ``23 mask upsample``."""
+    """How a figure names a layer: ``layer 14``, inside layer 23's mask branch ``23 mask upsample``, elsewhere in a
+    head ``17 upsample``."""
     if isinstance(view.index, int):
         return f"layer {view.index}"
-    row, place = view.index.split(".proto.", 1)
-    return f"{row} mask {place}"
+    row, _, place = view.index.partition(".")
+    return f"{row} mask {place.removeprefix('proto.')}" if place.startswith("proto.") else f"{row} {place}"
 
 
 def _draw_carafe(fig, grid, row: int, view: LayerView, outside) -> None:
@@ -442,8 +448,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="an Ultralytics checkpoint (.pt) with CARAFE, CARAFEDown or DySample layers")
     parser.add_argument("image", help="an image file (the original; points are in its pixels)")
     parser.add_argument("--layers", type=_layer, nargs="+",
-                        help="the layers to show, by index, or by place in a mask branch (23.proto.upsample; the "
-                             "error for a wrong one lists them); default: all of them")
+                        help="the layers to show, by index, or by place in a task head (23.proto.upsample, "
+                             "17.upsample, 23.lifts.0; the error for a wrong one lists them); default: all of them")
     parser.add_argument("--points", type=_point, nargs="+", metavar="X,Y",
                         help="points to look at, in the image's pixels (default: on the most confident detection, "
                              "its edge, and the background)")
