@@ -196,8 +196,9 @@ def parse_arm(spec: str) -> Arm:
 def default_data(imgsz: int, seed: int = 0, task: str = "detect") -> str:
     """The generated shapes set for this image size: at 160 px 256 training and 64 validation images with 4-12
     objects each; at other sizes the same pixels and objects per split, in fewer, larger images (objects keep
-    their pixel sizes, so only the field of view grows). Another ``seed`` draws other scenes; ``task="segment"``
-    labels them with exact polygons (instance masks) instead of boxes."""
+    their pixel sizes, so only the field of view grows). Another ``seed`` draws other scenes; ``task`` says what
+    labels them: boxes (``"detect"``), exact polygons (``"segment"``), class masks (``"semantic"``) or depth maps
+    (``"depth"``)."""
     from .data import ShapesSpec, shapes_dataset  # OpenCV draws them: imported where data is made
 
     area = (imgsz / 160) ** 2
@@ -207,8 +208,8 @@ def default_data(imgsz: int, seed: int = 0, task: str = "detect") -> str:
 
 
 def generated_data(settings: Settings, seed: int = 0) -> str:
-    """The generated set for the model of ``settings`` (boxes, or instance masks for a segmentation model) at its
-    image size; ``seed`` 1 draws the other scenes the pretrained base trains on."""
+    """The generated set for the model of ``settings`` (labelled for its task) at its image size; ``seed`` 1 draws
+    the other scenes the pretrained base trains on."""
     task = task_of(settings.model)
     if task.data is None:
         raise ValueError(f"there is no generated data for {task.name} models: give --data")
