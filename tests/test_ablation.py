@@ -483,8 +483,7 @@ def test_a_seg_model_makes_a_segmentation_ablation_from_a_pretrained_base(tmp_pa
     assert 0 <= result["mask_mAP50_95"] <= result["mask_mAP50"] <= 1
     table = (tmp_path / "out" / "summary.md").read_text()
     assert "verdict (mask mAP50-95)" in table and "| carafe-all |" in table
-    assert sorted(p.name for p in (tmp_path / "out").glob("show-*.png")) == [
-        "show-carafe-all.png", "show-carafe-head.png", "show-carafe.png"]
+    assert [p.name for p in (tmp_path / "out").glob("show-*.png")] == ["show-carafe-all.png"]
 
 
 def test_a_seg_ablation_from_stock_weights_says_what_each_arm_took(tmp_path, seg_data):
@@ -513,7 +512,7 @@ def test_a_semantic_or_depth_model_makes_an_ablation_of_its_task(model, task, fi
     asked = []
     monkeypatch.setattr(ablation, "default_data",
                         lambda imgsz, seed=0, task="detect": asked.append(task) or dense_data[task])
-    settings = tiny(tmp_path, None, model=model, seeds=[0, 1], arms=["nearest", "carafe", "carafe-head", "carafe-all"])
+    settings = tiny(tmp_path, None, model=model, seeds=[0, 1], arms=["nearest", "carafe-all"])  # the neck and the head
     summary = run_ablation(settings, log=lambda line: None)
     assert set(asked) == {task} and summary["task"] == task and summary["verdict_metric"] == judged
     assert summary["lower_is_better"] == (["AbsRel"] if task == "depth" else [])
@@ -522,7 +521,7 @@ def test_a_semantic_or_depth_model_makes_an_ablation_of_its_task(model, task, fi
         if arm["upsampler"] != "nearest":
             assert set(arm["delta_vs_nearest"]) == figures and arm["delta_vs_nearest"][judged]["n"] == 2
     runs = tmp_path / "out" / "runs"
-    head = ultralytics_model(runs / "carafe-head-seed1" / "weights" / "best.pt").model.model[-1]
+    head = ultralytics_model(runs / "carafe-all-seed1" / "weights" / "best.pt").model.model[-1]
     assert type(head).__name__ == {"semantic": "SemanticSegmentUp", "depth": "DepthUp"}[task]
     result = json.loads((runs / "carafe-all-seed0" / "result.json").read_text())
     own, other = (("pixel_accuracy", "mIoU"), ("abs_rel", "delta1"))[:: 1 if task == "semantic" else -1]
@@ -530,8 +529,7 @@ def test_a_semantic_or_depth_model_makes_an_ablation_of_its_task(model, task, fi
     table = (tmp_path / "out" / "summary.md").read_text()
     assert f"verdict ({judged})" in table and "| carafe-all |" in table
     assert ("Lower is better for AbsRel." in table) == (task == "depth")
-    assert sorted(p.name for p in (tmp_path / "out").glob("show-*.png")) == [
-        "show-carafe-all.png", "show-carafe-head.png", "show-carafe.png"]
+    assert [p.name for p in (tmp_path / "out").glob("show-*.png")] == ["show-carafe-all.png"]
 
 
 def test_the_generated_set_follows_the_models_task():

@@ -1,5 +1,6 @@
 """CARAFE++ downsampling in Ultralytics models: the converter's swap on every stock YAML that has strided neck Convs,
-the shipped YAMLs with both swaps, and RT-DETR-l with both swaps through model.train and ONNX. The yolo command's
+and the shipped YAMLs with both swaps. RT-DETR-l with both swaps through model.train and ONNX is in
+test_ultralytics_workflows.py (test_python_api_rtdetr_end_to_end); the yolo command's
 train/val/export of YOLO11n with both swaps, every export format and safe loading are in test_exports.py, DDP in
 test_ddp.py."""
 
@@ -8,14 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from ultralytics import RTDETR
 from ultralytics.nn.modules import Conv
 from ultralytics.utils.torch_utils import get_num_params
 
 from carafe_ultra import CARAFE, CARAFEDown, convert_yaml, model_yaml
 from carafe_ultra.integration import ultralytics_model
-from tests.ultralytics_helpers import (COMMON, SHIPPED_BOTH, STOCK_MODELS, assert_same_queries, output_shapes,
-                                      tiny_dataset)
+from tests.ultralytics_helpers import SHIPPED_BOTH, STOCK_MODELS, output_shapes
 
 
 def strided_neck_convs(path):
@@ -80,25 +79,3 @@ def test_channels_match_the_stock_model_at_every_scale(ours, stock):
     extra = sum(p.numel() for m in ours.modules() if isinstance(m, (CARAFE, CARAFEDown)) for p in m.parameters())
     assert get_num_params(ours) - get_num_params(stock) == extra - sum(p.numel() for c in replaced
                                                                       for p in c.parameters())
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_dataset(tmp_path_factory.mktemp("data"))
-
-
-def test_python_api_rtdetr_with_both_swaps_trains_and_exports_to_onnx(data, tmp_path):
-    model = RTDETR(model_yaml("rtdetr-l-carafe-both.yaml"))
-    model.train(data=data, epochs=1, project=str(tmp_path), name="rtdetr", **COMMON)
-    best = tmp_path / "rtdetr" / "weights" / "best.pt"
-    reloaded = RTDETR(best)
-    assert count(reloaded.model, CARAFEDown) == 2 and count(reloaded.model, CARAFE) == 2
-    onnx_path = reloaded.export(format="onnx", imgsz=64)
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    with torch.no_grad():
-        expected = RTDETR(best).model.float().eval().fuse()(x)[0].numpy()
-    assert_same_queries(expected[0], onnx_out[0])

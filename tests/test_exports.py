@@ -373,3 +373,53 @@ def test_openvino_int8_seg_export_runs_and_keeps_the_reassembly_in_floating_poin
     locations = sum((SEG_IMGSZ // stride) ** 2 for stride in (8, 16, 32))
     assert detections.shape == (1, 4 + 80 + 32, locations) and prototypes.shape == (1, 32, SEG_IMGSZ // 4, SEG_IMGSZ // 4)
     assert np.isfinite(detections).all() and np.isfinite(prototypes).all()
+
+
+# --- depth: YOLO26n-depth with CARAFE in the neck and the decoder ------------------------------------------------
+
+DEPTH_IMGSZ = 96
+DEPTH_RTOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def depth_model(tmp_path_factory):
+    """YOLO26n-depth-carafe-head (untrained), saved the way Ultralytics saves models."""
+    path = tmp_path_factory.mktemp("depth") / "depth.pt"
+    ultralytics_model(model_yaml("yolo26n-depth-carafe-head.yaml")).save(path)
+    return path
+
+
+def depth_input(imgsz: int) -> torch.Tensor:
+    return torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(imgsz))
+
+
+def pytorch_depth(checkpoint: Path, x: torch.Tensor) -> np.ndarray:
+    """PyTorch's depth at the image's size: its eval output is at stride 4, and the export resizes it to the image
+    as the stock head does."""
+    out = torch.from_numpy(raw_outputs(checkpoint, x))
+    return torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=True).numpy()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
+                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
+                                 pytest.param("coreml", marks=needs("coremltools"))])
+def test_depth_exports_compute_what_pytorch_computes(fmt, depth_model, request):
+    out = yolo("export", depth_model.parent, model=depth_model, format=fmt, batch=1, imgsz=DEPTH_IMGSZ)
+    suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage",
+              "torchscript": ".torchscript"}[fmt]
+    exported = depth_model.with_name(depth_model.stem + suffix)
+    assert exported.exists(), out[-2000:]
+    if fmt == "coreml":  # converts; running it needs macOS
+        assert (exported / "Manifest.json").is_file()
+        return
+    if fmt == "openvino":
+        request.getfixturevalue("openvino_in_float32")
+    x = depth_input(DEPTH_IMGSZ)
+    np.testing.assert_allclose(raw_outputs(exported, x), pytorch_depth(depth_model, x), rtol=DEPTH_RTOL, atol=0)
+
+
+def test_dynamic_depth_onnx_export_computes_what_pytorch_computes_at_every_size(depth_model):
+    path = ultralytics_model(depth_model).export(format="onnx", imgsz=DEPTH_IMGSZ, dynamic=True)
+    for imgsz in (64, 160):
+        x = depth_input(imgsz)
+        np.testing.assert_allclose(raw_outputs(path, x), pytorch_depth(depth_model, x), rtol=DEPTH_RTOL, atol=0)

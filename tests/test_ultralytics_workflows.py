@@ -11,7 +11,7 @@ import pytest
 import torch
 from ultralytics import RTDETR, YOLO
 
-from carafe_ultra import CARAFE, ResNetBasicLayer, model_yaml
+from carafe_ultra import CARAFE, CARAFEDown, ResNetBasicLayer, model_yaml
 from tests.ultralytics_helpers import COMMON, ENV, YOLO_CLI, assert_same_queries, tiny_dataset, yolo
 
 
@@ -157,11 +157,12 @@ def test_python_api_onnx_export(api_run):
 
 
 def test_python_api_rtdetr_end_to_end(data, tmp_path):
-    model = RTDETR(model_yaml("rtdetr-l-carafe.yaml"))
+    """RT-DETR-l with both swaps (CARAFE and CARAFEDown in the neck: one RT-DETR-l training serves both)."""
+    model = RTDETR(model_yaml("rtdetr-l-carafe-both.yaml"))
     model.train(data=data, epochs=1, project=str(tmp_path), name="rtdetr", **COMMON)
     best = tmp_path / "rtdetr" / "weights" / "best.pt"
     reloaded = RTDETR(best)
-    assert carafe_count(reloaded.model) == 2
+    assert carafe_count(reloaded.model) == 2 and sum(isinstance(m, CARAFEDown) for m in reloaded.model.modules()) == 2
     metrics = reloaded.val(data=data, imgsz=64, batch=4, device="cpu", workers=0, plots=False)
     assert int(metrics.nt_per_class.sum()) == val_instances(data)
     assert len(reloaded.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, device="cpu", verbose=False)) == 1
