@@ -483,7 +483,8 @@ def test_a_seg_model_makes_a_segmentation_ablation_from_a_pretrained_base(tmp_pa
     assert 0 <= result["mask_mAP50_95"] <= result["mask_mAP50"] <= 1
     table = (tmp_path / "out" / "summary.md").read_text()
     assert "verdict (mask mAP50-95)" in table and "| carafe-all |" in table
-    assert [p.name for p in (tmp_path / "out").glob("show-*.png")] == ["show-carafe-all.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("show-*.png")) == [
+        "show-carafe-all.png", "show-carafe-head.png", "show-carafe.png"]
 
 
 def test_a_seg_ablation_from_stock_weights_says_what_each_arm_took(tmp_path, seg_data):
