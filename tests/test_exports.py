@@ -84,9 +84,10 @@ def rtdetr(tmp_path_factory):
     return folder / "rtdetr-l-carafe.pt"
 
 
-def export(checkpoint: Path, fmt: str) -> str:
-    """``yolo export`` of a checkpoint; the exported file or folder, as Ultralytics names it."""
-    out = yolo("export", checkpoint.parent, model=checkpoint, format=fmt, batch=1)
+def export(checkpoint: Path, fmt: str, **options) -> str:
+    """``yolo export`` of a checkpoint (with ``options`` such as imgsz); the exported file or folder, as Ultralytics
+    names it."""
+    out = yolo("export", checkpoint.parent, model=checkpoint, format=fmt, batch=1, **options)
     suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage",
               "torchscript": ".torchscript"}[fmt]
     exported = checkpoint.with_name(checkpoint.stem + suffix)
@@ -331,13 +332,9 @@ def openvino_in_float32(monkeypatch):
                                  pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
                                  pytest.param("coreml", marks=needs("coremltools"))])
 def test_seg_exports_predict_the_boxes_and_masks_pytorch_predicts(fmt, yolo11_seg, seg_data, request):
-    out = yolo("export", yolo11_seg.parent, model=yolo11_seg, format=fmt, batch=1, imgsz=SEG_IMGSZ)
-    suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage",
-              "torchscript": ".torchscript"}[fmt]
-    exported = yolo11_seg.with_name(yolo11_seg.stem + suffix)
-    assert exported.exists(), out[-2000:]
+    exported = export(yolo11_seg, fmt, imgsz=SEG_IMGSZ)
     if fmt == "coreml":  # converts; running it needs macOS
-        assert (exported / "Manifest.json").is_file()
+        assert (Path(exported) / "Manifest.json").is_file()
         return
     if fmt == "openvino":
         request.getfixturevalue("openvino_in_float32")
@@ -404,13 +401,9 @@ def pytorch_depth(checkpoint: Path, x: torch.Tensor) -> np.ndarray:
                                  pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
                                  pytest.param("coreml", marks=needs("coremltools"))])
 def test_depth_exports_compute_what_pytorch_computes(fmt, depth_model, request):
-    out = yolo("export", depth_model.parent, model=depth_model, format=fmt, batch=1, imgsz=DEPTH_IMGSZ)
-    suffix = {"onnx": ".onnx", "openvino": "_openvino_model", "ncnn": "_ncnn_model", "coreml": ".mlpackage",
-              "torchscript": ".torchscript"}[fmt]
-    exported = depth_model.with_name(depth_model.stem + suffix)
-    assert exported.exists(), out[-2000:]
+    exported = export(depth_model, fmt, imgsz=DEPTH_IMGSZ)
     if fmt == "coreml":  # converts; running it needs macOS
-        assert (exported / "Manifest.json").is_file()
+        assert (Path(exported) / "Manifest.json").is_file()
         return
     if fmt == "openvino":
         request.getfixturevalue("openvino_in_float32")
