@@ -1,6 +1,6 @@
 """Exports that users deploy to, through the real `yolo export`: ONNX, OpenVINO and NCNN run here and must predict
-what the PyTorch model predicts; CoreML must convert (running it needs macOS). And checkpoints load with
-ULTRALYTICS_SAFE_LOAD=1.
+what the PyTorch model predicts (detections; a seg model's boxes and masks; a depth model's map); CoreML must convert
+(running it needs macOS). And checkpoints load with ULTRALYTICS_SAFE_LOAD=1.
 
 Predictions are compared on models whose class-0 logits are raised by 8 everywhere (``export_parity.confident``), so
 every location detects class 0 with a score near 1 and far from any threshold: two runtimes then differ only where their numbers do, never by
