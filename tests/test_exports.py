@@ -1,12 +1,13 @@
 """Exports that users deploy to, through the real `yolo export`: ONNX, OpenVINO and NCNN run here and must predict
-what the PyTorch model predicts (detections; a seg model's boxes and masks; a depth model's map); CoreML must convert
-(running it needs macOS). And checkpoints load with ULTRALYTICS_SAFE_LOAD=1.
+what the PyTorch model predicts (detections; a seg model's boxes and masks; a semantic model's class map; a depth
+model's map); CoreML must convert (running it needs macOS). And checkpoints load with ULTRALYTICS_SAFE_LOAD=1.
 
 Predictions are compared on models whose class-0 logits are raised by 8 everywhere (``export_parity.confident``), so
-every location detects class 0 with a score near 1 and far from any threshold: two runtimes then differ only where their numbers do, never by
-a detection crossing the threshold. Boxes must agree within BOX_TOLERANCE pixels (on 64 px images) and scores
-within SCORE_TOLERANCE. OpenVINO runs in bfloat16 on CPUs that support it, the loosest of the three; the
-tolerances cover it.
+every location detects class 0 with a score near 1 and far from any threshold: two runtimes then differ only where
+their numbers do, never by a detection crossing the threshold. Boxes must agree within BOX_TOLERANCE pixels (on
+64 px images) and scores within SCORE_TOLERANCE. OpenVINO runs in bfloat16 on CPUs that support it, the loosest of
+the three; the tolerances cover it (the seg and dense comparisons ask it for float32). The seg and dense models are
+set up likewise, each in its section.
 """
 
 import importlib.util
@@ -227,27 +228,35 @@ def test_openvino_int8_export_runs_and_keeps_the_reassembly_in_floating_point(da
     import openvino
 
     ultralytics_model(model_yaml("yolov8n-carafe.yaml")).save(tmp_path / "carafe.pt")
-    folder = export_int8(tmp_path / "carafe.pt", data)
-    (xml,) = Path(folder).glob("*.xml")
-    core = openvino.Core()
-    model = core.read_model(xml)
-    einsums = [op for op in model.get_ordered_ops() if op.get_type_name() == "Einsum"]
-    assert len(einsums) == 4  # two per CARAFE layer (the masks' band, the contraction): NNCF left them as they were
-    for einsum in einsums:  # no FakeQuantize within two steps (reshapes, transposes) of its inputs
-        sources = [i.get_source_output().get_node() for i in einsum.inputs()]
-        sources += [i.get_source_output().get_node() for node in sources for i in node.inputs()]
-        assert not any(node.get_type_name() == "FakeQuantize" for node in sources)
-    compiled = core.compile_model(model, "CPU")  # in the CPU's default precision (bfloat16 where it has it)
+    model = int8_model(export_int8(tmp_path / "carafe.pt", data), carafe_layers=2)
+    compiled = openvino.Core().compile_model(model, "CPU")  # in the CPU's default precision (bfloat16 where it has it)
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     out = compiled([x])[0]
     assert out.shape == (1, 84, 84) and np.isfinite(out).all()
 
 
-def export_int8(checkpoint: Path, data: str) -> str:
-    out = yolo("export", checkpoint.parent, model=checkpoint, format="openvino", batch=1, int8=True, data=data)
+def export_int8(checkpoint: Path, data: str, **options) -> str:
+    out = yolo("export", checkpoint.parent, model=checkpoint, format="openvino", batch=1, int8=True, data=data,
+               **options)
     exported = checkpoint.with_name(checkpoint.stem + "_int8_openvino_model")
     assert exported.is_dir(), out[-2000:]
     return str(exported)
+
+
+def int8_model(folder: str, carafe_layers: int):
+    """The INT8 OpenVINO model in ``folder``, checked to keep each CARAFE layer's reassembly in floating point: its
+    two Einsums (the masks' band, the contraction) as they were, no FakeQuantize within two steps (reshapes,
+    transposes) of their inputs."""
+    import openvino
+
+    model = openvino.Core().read_model(next(Path(folder).glob("*.xml")))
+    einsums = [op for op in model.get_ordered_ops() if op.get_type_name() == "Einsum"]
+    assert len(einsums) == 2 * carafe_layers
+    for einsum in einsums:
+        sources = [i.get_source_output().get_node() for i in einsum.inputs()]
+        sources += [i.get_source_output().get_node() for node in sources for i in node.inputs()]
+        assert not any(node.get_type_name() == "FakeQuantize" for node in sources)
+    return model
 
 
 @needs("nncf")
@@ -353,66 +362,130 @@ def test_dynamic_seg_onnx_export_predicts_what_pytorch_predicts_at_every_size(yo
 def test_openvino_int8_seg_export_runs_and_keeps_the_reassembly_in_floating_point(yolo11_seg, seg_data):
     import openvino
 
-    out = yolo("export", yolo11_seg.parent, model=yolo11_seg, format="openvino", batch=1, imgsz=SEG_IMGSZ, int8=True,
-               data=seg_data)
-    folder = yolo11_seg.with_name(yolo11_seg.stem + "_int8_openvino_model")
-    assert folder.is_dir(), out[-2000:]
-    model = openvino.Core().read_model(next(folder.glob("*.xml")))
-    einsums = [op for op in model.get_ordered_ops() if op.get_type_name() == "Einsum"]
-    assert len(einsums) == 6  # two per CARAFE layer: the neck's two and the mask branch's, left in floating point
-    for einsum in einsums:
-        sources = [i.get_source_output().get_node() for i in einsum.inputs()]
-        sources += [i.get_source_output().get_node() for node in sources for i in node.inputs()]
-        assert not any(node.get_type_name() == "FakeQuantize" for node in sources)
+    # CARAFE layers: the neck's two and the mask branch's
+    model = int8_model(export_int8(yolo11_seg, seg_data, imgsz=SEG_IMGSZ), carafe_layers=3)
     compiled = openvino.Core().compile_model(model, "CPU")
     outputs = compiled([np.random.default_rng(0).random((1, 3, SEG_IMGSZ, SEG_IMGSZ), dtype=np.float32)])
     detections, prototypes = (outputs[port] for port in compiled.outputs)
     locations = sum((SEG_IMGSZ // stride) ** 2 for stride in (8, 16, 32))
-    assert detections.shape == (1, 4 + 80 + 32, locations) and prototypes.shape == (1, 32, SEG_IMGSZ // 4, SEG_IMGSZ // 4)
+    assert detections.shape == (1, 4 + 80 + 32, locations)
+    assert prototypes.shape == (1, 32, SEG_IMGSZ // 4, SEG_IMGSZ // 4)
     assert np.isfinite(detections).all() and np.isfinite(prototypes).all()
 
 
-# --- depth: YOLO26n-depth with CARAFE in the neck and the decoder ------------------------------------------------
+# --- the dense heads: YOLO26n-depth and YOLO26n-sem with CARAFE in the neck and the head --------------------------
+# Untrained, their maps are constant (the heads output their biases), so the models are first made to map the image
+# (``export_parity.spread_outputs``, standardised on images of every size the tests use, from a seeded start).
 
-DEPTH_IMGSZ = 96
+DENSE_IMGSZ = 96  # the static exports'
+DYNAMIC_SIZES = (64, 160)  # the dynamic ONNX exports' other sizes
 DEPTH_RTOL = 1e-3
+SAME_PIXELS = 0.999  # the share of pixels whose class must agree
+
+
+def dense_input(imgsz: int) -> torch.Tensor:
+    return torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(imgsz))
+
+
+def mapping_model(yaml: str, path: Path, spread: float) -> Path:
+    """The shipped ``yaml`` (untrained, seeded) made to map the image, saved as Ultralytics saves models but in
+    float32 (``spread_outputs``' weights are past float16's range)."""
+    torch.manual_seed(0)
+    model = ultralytics_model(model_yaml(yaml))
+    export_parity.spread_outputs(model.model, [dense_input(s) for s in (DENSE_IMGSZ, *DYNAMIC_SIZES)], spread)
+    model.save(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    torch.save({**checkpoint, "model": model.model.float()}, path)
+    return path
 
 
 @pytest.fixture(scope="module")
 def depth_model(tmp_path_factory):
-    """YOLO26n-depth-carafe-head (untrained), saved the way Ultralytics saves models."""
-    path = tmp_path_factory.mktemp("depth") / "depth.pt"
-    ultralytics_model(model_yaml("yolo26n-depth-carafe-head.yaml")).save(path)
-    return path
-
-
-def depth_input(imgsz: int) -> torch.Tensor:
-    return torch.rand(1, 3, imgsz, imgsz, generator=torch.Generator().manual_seed(imgsz))
+    return mapping_model("yolo26n-depth-carafe-head.yaml", tmp_path_factory.mktemp("depth") / "depth.pt", spread=0.5)
 
 
 def pytorch_depth(checkpoint: Path, x: torch.Tensor) -> np.ndarray:
     """PyTorch's depth at the image's size: its eval output is at stride 4, and the export resizes it to the image
-    as the stock head does."""
+    as the stock head does. Checked to vary: a log-depth spread of at least 0.05, at most 5% of pixels clamped."""
     out = torch.from_numpy(raw_outputs(checkpoint, x))
-    return torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=True).numpy()
+    depth = torch.nn.functional.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=True).numpy()
+    log_depth = np.log(depth)
+    assert log_depth.std() >= 0.05 and ((log_depth < -3.999) | (log_depth > 4.999)).mean() <= 0.05, log_depth
+    return depth
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
                                  pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
                                  pytest.param("coreml", marks=needs("coremltools"))])
 def test_depth_exports_compute_what_pytorch_computes(fmt, depth_model, request):
-    exported = export(depth_model, fmt, imgsz=DEPTH_IMGSZ)
+    exported = export(depth_model, fmt, imgsz=DENSE_IMGSZ)
     if fmt == "coreml":  # converts; running it needs macOS
         assert (Path(exported) / "Manifest.json").is_file()
         return
     if fmt == "openvino":
         request.getfixturevalue("openvino_in_float32")
-    x = depth_input(DEPTH_IMGSZ)
+    x = dense_input(DENSE_IMGSZ)
     np.testing.assert_allclose(raw_outputs(exported, x), pytorch_depth(depth_model, x), rtol=DEPTH_RTOL, atol=0)
 
 
 def test_dynamic_depth_onnx_export_computes_what_pytorch_computes_at_every_size(depth_model):
-    path = ultralytics_model(depth_model).export(format="onnx", imgsz=DEPTH_IMGSZ, dynamic=True)
-    for imgsz in (64, 160):
-        x = depth_input(imgsz)
+    path = ultralytics_model(depth_model).export(format="onnx", imgsz=DENSE_IMGSZ, dynamic=True)
+    for imgsz in DYNAMIC_SIZES:
+        x = dense_input(imgsz)
         np.testing.assert_allclose(raw_outputs(path, x), pytorch_depth(depth_model, x), rtol=DEPTH_RTOL, atol=0)
+
+
+@pytest.fixture(scope="module")
+def semantic_model(tmp_path_factory):
+    return mapping_model("yolo26n-sem-carafe-head.yaml", tmp_path_factory.mktemp("semantic") / "semantic.pt", spread=4)
+
+
+def assert_same_class_maps(want: np.ndarray, got: np.ndarray) -> None:
+    """Two runtimes' class maps agree on SAME_PIXELS of the pixels, and the maps are not trivial: at least three
+    classes cover 1% of the image each."""
+    want, got = export_parity.class_map(want), export_parity.class_map(got)
+    assert want.shape == got.shape, (want.shape, got.shape)
+    shares = np.bincount(want.ravel()) / want.size
+    assert (shares >= 0.01).sum() >= 3, shares
+    assert (want == got).mean() >= SAME_PIXELS, (want == got).mean()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
+                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
+                                 pytest.param("coreml", marks=needs("coremltools"))])
+def test_semantic_exports_predict_the_class_map_pytorch_predicts(fmt, semantic_model, request):
+    exported = export(semantic_model, fmt, imgsz=DENSE_IMGSZ)
+    if fmt == "coreml":  # converts; running it needs macOS
+        assert (Path(exported) / "Manifest.json").is_file()
+        return
+    if fmt == "openvino":
+        request.getfixturevalue("openvino_in_float32")
+    x = dense_input(DENSE_IMGSZ)
+    got = raw_outputs(exported, x)
+    if fmt in ("onnx", "openvino"):  # the class map baked in, as the stock head bakes it
+        assert got.shape == (1, DENSE_IMGSZ, DENSE_IMGSZ)
+    assert_same_class_maps(raw_outputs(semantic_model, x), got)
+
+
+def test_dynamic_semantic_onnx_export_predicts_the_class_map_pytorch_predicts_at_every_size(semantic_model):
+    path = ultralytics_model(semantic_model).export(format="onnx", imgsz=DENSE_IMGSZ, dynamic=True)
+    for imgsz in DYNAMIC_SIZES:
+        x = dense_input(imgsz)
+        assert_same_class_maps(raw_outputs(semantic_model, x), raw_outputs(path, x))
+
+
+@needs("nncf")
+@pytest.mark.parametrize("task, carafe_layers, shape", [("semantic", 3, (1, DENSE_IMGSZ, DENSE_IMGSZ)),
+                                                         ("depth", 5, (1, 1, DENSE_IMGSZ, DENSE_IMGSZ))])
+def test_openvino_int8_dense_exports_run_and_keep_the_reassembly_in_floating_point(task, carafe_layers, shape,
+                                                                                  request, tmp_path):
+    """Calibrated on the generated set of the task; CARAFE layers: the neck's two, and the semantic head's one or the
+    depth decoder's three."""
+    import openvino
+
+    from tests.ultralytics_helpers import tiny_seg_dataset
+
+    checkpoint = request.getfixturevalue(f"{task}_model")
+    model = int8_model(export_int8(checkpoint, tiny_seg_dataset(tmp_path, task), imgsz=DENSE_IMGSZ), carafe_layers)
+    (out,) = openvino.Core().compile_model(model, "CPU")([dense_input(DENSE_IMGSZ).numpy()]).values()
+    assert out.shape == shape and np.isfinite(out).all()

@@ -56,6 +56,41 @@ def fixed_instances(model: torch.nn.Module, image: torch.Tensor) -> torch.nn.Mod
     return model
 
 
+def spread_outputs(model: torch.nn.Module, images: list[torch.Tensor], spread: float, seed: int = 0
+                   ) -> torch.nn.Module:
+    """A YOLO semantic or depth model made to predict maps that follow the image at every pixel, for comparing
+    runtimes. Untrained, a YOLO's features shrink layer by layer to about 1e-6, so the dense heads output their
+    biases: one class, one depth, everywhere. Here the head's last conv (the classifier's; the depth head's, before
+    the log-depth clamp) takes a fixed random mix (seeded) of its input channels standardised on ``images`` (batches
+    (N, 3, H, W), of any sizes; constant channels left out), each output spreading by about ``spread`` around zero.
+    The classes (or depths) change with the features and the upsampler brings them to the image: class margins are
+    far above any runtime's float32 rounding except at the few pixels where two classes cross. The weights reach
+    about 1e6: keep the model in float32 (Ultralytics' ``save`` would round it to float16)."""
+    head = model.model[-1]
+    last = head.classifier[-1] if hasattr(head, "classifier") else head.head[-1]
+    with torch.no_grad():
+        inputs = []
+        hook = last.register_forward_hook(lambda m, args, out: inputs.append(args[0].transpose(0, 1).flatten(1)))
+        for batch in images:
+            model.eval()(batch)
+        hook.remove()
+        features = torch.cat(inputs, 1)  # (channels, pixels)
+        mean, std = features.mean(1), features.std(1)
+        live = std > 1e-3 * std.median()  # leave out channels that barely vary
+        mix = torch.randn(last.out_channels, last.in_channels, generator=torch.Generator().manual_seed(seed))
+        mix *= live * spread / live.sum() ** 0.5
+        std = torch.where(live, std, 1.0)
+        last.weight.copy_((mix / std).view_as(last.weight))
+        last.bias.copy_(-(mix / std) @ mean)
+    return model
+
+
+def class_map(output: np.ndarray) -> np.ndarray:
+    """A semantic model's class map (N, H, W) from its output: the baked map itself, or the argmax of its logits
+    (N, classes, H, W)."""
+    return output.argmax(1) if output.ndim == 4 else output.astype(np.int64)
+
+
 def raw_outputs(path: str | Path, x: torch.Tensor, device: torch.device) -> np.ndarray:
     """The model's raw output on ``x``, as Ultralytics' AutoBackend runs it for any format."""
     from ultralytics.nn.autobackend import AutoBackend
