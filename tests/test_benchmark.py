@@ -174,6 +174,16 @@ def test_export_cost_of_a_carafe_mask_branch_against_the_stock_seg_model(heads, 
     assert f"{said} against the stock model" in format_export_cost(result)
 
 
+def test_export_cost_of_a_carafe_semantic_decoder_against_the_stock_semantic_model():
+    from carafe_ultra.experiments.export_cost import export_cost, format_export_cost
+
+    result = export_cost("yolo26n-sem.yaml", imgsz=64, repeats=2, rounds=1, runtimes=("onnxruntime",), heads=True)
+    nodes = result["onnx_nodes"]
+    assert result["carafe_layers"] == 3 and nodes["nearest"]["by_op"]["Resize"] == 3  # the neck's two, the logits' ×8
+    assert "Resize" not in nodes["carafe"]["by_op"] and nodes["carafe"]["by_op"]["ArgMax"] == 1  # the baked class map
+    assert "CARAFE in the neck and the semantic decoder against the stock model" in format_export_cost(result)
+
+
 @pytest.mark.parametrize("runtimes", [("tensorrt",), ()])
 def test_export_cost_refuses_an_unknown_runtime(runtimes):
     from carafe_ultra.experiments.export_cost import export_cost

@@ -473,8 +473,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="--export: also ONNX Runtime's per-operator profile of the CARAFE model")
     parser.add_argument("--heads", nargs="?", const=True, default=False, choices=[True, "only"], metavar="only",
-                        help="--export of a segmentation model: CARAFE in its mask branch too (convert --heads), "
-                             "against the stock model; --heads only: in the mask branch alone")
+                        help="--export of a segmentation, semantic or depth model: CARAFE in its head's own "
+                             "upsampling too (convert --heads), against the stock model; --heads only: there alone")
     parser.add_argument("--json", metavar="PATH", help="write the measurements to this JSON file")
     parser.add_argument("--small", action="store_true", help="CPU: a tiny case, to check the script itself quickly")
     parser.add_argument("--downsample", action="store_true",

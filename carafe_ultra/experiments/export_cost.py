@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..heads import HEAD_ROWS
 from ..integration import ultralytics_model
 from ..module import CARAFE
 from ..yamls import convert_yaml
@@ -121,8 +122,8 @@ def fake_quantize_count(folder: str) -> int:
 def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40, rounds: int = 5,
                 runtimes: tuple[str, ...] = RUNTIMES, profile: bool = False, heads: bool | str = False) -> dict:
     """Export ``model`` with nearest upsampling and with CARAFE (untrained: weights do not change the cost; with
-    ``heads`` CARAFE in the segmentation head's mask branch too, or with ``heads="only"`` there alone, the stock
-    model against it) for each of ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time
+    ``heads`` CARAFE in the task head's own upsampling too (a segmentation head's mask branch, the semantic or depth
+    decoder), or with ``heads="only"`` there alone, the stock model against it) for each of ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time
     one image (batch 1) in each runtime on the CPU as the module docstring says; with ``profile``, ONNX Runtime's
     per-operator profile of the CARAFE model."""
     import onnx
@@ -144,6 +145,8 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
             if arm == "carafe":  # ONNX names a layer's nodes after its place: /model.10/..., /model.23/proto/upsample/...
                 layers = [_onnx_scope(name) for name, m in built.model.named_modules() if isinstance(m, CARAFE)]
                 result["carafe_layers"] = len(layers)
+                if heads:  # what the head's upsampling is called: the mask branch, the semantic or depth decoder
+                    result["head_part"] = HEAD_ROWS[type(built.model.model[-1]).__name__].part
             checkpoint = Path(folder) / arm / f"{arm}.pt"
             built.save(checkpoint)  # exports land beside the checkpoint they come from, inside the temporary folder
             exporter = ultralytics_model(checkpoint)
@@ -208,9 +211,10 @@ def format_int8_accuracy(rows: list[dict]) -> str:
 
 def format_export_cost(result: dict) -> str:
     nodes = result["onnx_nodes"]
-    against = {True: "CARAFE in the neck and the mask branch against the stock model",
-               "only": "CARAFE in the mask branch against the stock model"}.get(result.get("heads"),
-                                                                               "CARAFE against nn.Upsample")
+    part = result.get("head_part")
+    against = {True: f"CARAFE in the neck and the {part} against the stock model",
+               "only": f"CARAFE in the {part} against the stock model"}.get(result.get("heads"),
+                                                                          "CARAFE against nn.Upsample")
     lines = [
         f"{Path(result['model']).name} at {result['imgsz']} px, batch 1, CPU: {against}, exported; "
         f"each runtime in a process of its own, fastest of {result['repeats']} runs, median of {result['rounds']} "
