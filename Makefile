@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) scripts/ablate.py --pretrain-epochs 20 --epochs 10 --seeds 0 1 2 --jobs 2 --out runs/demo
 
+# Two workers, one test file each at a time (a file's module fixtures, such as a trained model, are built once).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py

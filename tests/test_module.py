@@ -118,10 +118,12 @@ def test_repr_names_the_configuration():
 
 
 def test_torch_compile_fullgraph_on_cpu():
+    """Traced whole, forward and backward (aot_eager: inductor's C++ code generation would add a minute of compiling
+    and test torch rather than us; tests/test_cuda_gpu.py runs inductor on the GPU)."""
     module = CARAFE(16, kernel_size=3)
     x = torch.randn(1, 16, 6, 6, requires_grad=True)
     expected = module(x)
-    out = torch.compile(module, fullgraph=True)(x)
+    out = torch.compile(module, fullgraph=True, backend="aot_eager")(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.sum().backward()
     assert x.grad is not None and module.encoder.weight.grad is not None
