@@ -6,6 +6,7 @@ torch.compile; rows checked with the layer named; safe loading in a fresh proces
 the generated semantic and depth sets."""
 
 import importlib
+import importlib.util
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from ultralytics import YOLO
 from ultralytics.utils.torch_utils import get_flops
 
 from carafe_ultra import CARAFE, convert_yaml, model_yaml
+from carafe_ultra.experiments.tasks import TASKS
 from carafe_ultra.integration import ultralytics_model
 from carafe_ultra.upsamplers import UPSAMPLERS
 from tests.ultralytics_helpers import COMMON, STOCK_MODELS, output_shapes, tiny_seg_dataset, yolo
@@ -200,6 +202,17 @@ def test_yolo_trains_and_validates_the_shipped_model_on_the_generated_set(task, 
     assert trained.task == task and type(trained.model.model[-1]).__name__ == type(network(model).model[-1]).__name__
     validation = trained.val(data=data, **{**COMMON, "project": str(tmp_path), "name": "val"})
     assert metric in validation.results_dict
+    if importlib.util.find_spec("nncf"):  # benchmark --int8-accuracy reads the task's own figures
+        from carafe_ultra.experiments.export_cost import format_int8_accuracy, int8_accuracy
+
+        (row,) = int8_accuracy([str(tmp_path / "run" / "weights" / "best.pt")], data)
+        figure = {"semantic": "mIoU", "depth": "delta1"}[task]
+        fields = {field for field, _ in TASKS[task].metrics.values()}  # pixel accuracy and mIoU; AbsRel and delta1
+        assert row["task"] == task and set(row["fp32"]) == set(row["int8"]) == fields
+        assert row[f"int8_loss_{figure}"] == row["fp32"][figure] - row["int8"][figure]
+        assert all(0 <= value for precision in ("fp32", "int8") for value in row[precision].values())
+        table = format_int8_accuracy([row])
+        assert table.count("\n") == 2 and f"INT8 loss ({figure})" in table
 
 
 @pytest.mark.parametrize("task", list(STOCK))

@@ -180,32 +180,45 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
 def int8_accuracy(weights: list[str], data: str, imgsz: int | None = None) -> list[dict]:
     """Each trained checkpoint exported to OpenVINO FP32 and to OpenVINO INT8 (NNCF, calibrated on ``data``, as
     ``yolo export format=openvino int8=True data=...`` does), both validated on ``data``'s validation split at
-    ``imgsz`` (default: the size each was trained at): their mAP50 and mAP50-95, and what INT8 loses."""
+    ``imgsz`` (default: the size each was trained at): the figures of its task (:mod:`.tasks`: mAP50 and mAP50-95
+    for detection, pixel accuracy and mIoU for semantic segmentation, ...), and what INT8 loses on the task's own
+    (``int8_loss_<figure>``, FP32 minus INT8: negative where INT8 did better, or for errors such as AbsRel)."""
+    from .tasks import TASKS
+
     results = []
     for path in map(Path, weights):
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = Path(folder) / path.name  # exports land beside the checkpoint: in the temporary folder
             shutil.copy(path, checkpoint)
             exporter = ultralytics_model(checkpoint)
+            task = TASKS[exporter.task]
             size = imgsz or int(exporter.ckpt["train_args"]["imgsz"])
-            row: dict = {"weights": str(path), "imgsz": size}
+            row: dict = {"weights": str(path), "task": task.name, "imgsz": size}
             for precision, options in (("fp32", {}), ("int8", {"int8": True, "data": data})):
                 exported = exporter.export(format="openvino", imgsz=size, batch=1, **options)
                 metrics = ultralytics_model(exported).val(data=data, imgsz=size, batch=1, device="cpu", plots=False,
                                                           verbose=False)
-                row[precision] = {"mAP50": float(metrics.box.map50), "mAP50_95": float(metrics.box.map)}
-        row["int8_loss_mAP50_95"] = row["fp32"]["mAP50_95"] - row["int8"]["mAP50_95"]
+                row[precision] = task.measure(metrics)
+        figure = task.metrics[task.verdict_metric][0]
+        row[f"int8_loss_{figure}"] = row["fp32"][figure] - row["int8"][figure]
         results.append(row)
     return results
 
 
 def format_int8_accuracy(rows: list[dict]) -> str:
-    lines = ["| weights | imgsz | FP32 mAP50 | FP32 mAP50-95 | INT8 mAP50 | INT8 mAP50-95 | INT8 loss (mAP50-95) |",
-             "|---|---|---|---|---|---|---|"]
+    """A markdown table of :func:`int8_accuracy`'s rows (of one task: its figures are the columns)."""
+    from .tasks import TASKS, label
+
+    task = TASKS[rows[0]["task"]]
+    figures = {label(key): field for key, (field, _) in task.metrics.items()}
+    verdict = task.metrics[task.verdict_metric][0]
+    header = [f"{precision} {name}" for precision in ("FP32", "INT8") for name in figures]
+    lines = [f"| weights | imgsz | {' | '.join(header)} | INT8 loss ({label(task.verdict_metric)}) |",
+             "|---" * (len(header) + 3) + "|"]
     for row in rows:
-        fp32, int8 = row["fp32"], row["int8"]
-        lines.append(f"| {row['weights']} | {row['imgsz']} | {fp32['mAP50']:.4f} | {fp32['mAP50_95']:.4f} | "
-                     f"{int8['mAP50']:.4f} | {int8['mAP50_95']:.4f} | {row['int8_loss_mAP50_95']:+.4f} |")
+        values = [f"{row[precision][field]:.4f}" for precision in ("fp32", "int8") for field in figures.values()]
+        lines.append(f"| {row['weights']} | {row['imgsz']} | {' | '.join(values)} | "
+                     f"{row[f'int8_loss_{verdict}']:+.4f} |")
     return "\n".join(lines)
 
 
