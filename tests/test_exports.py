@@ -36,6 +36,12 @@ def needs(package):
     return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"needs {package} (the export extra)")
 
 
+# Every format the export tests compare in, CoreML converted only (running it needs macOS).
+EVERY_FORMAT = ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
+                pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
+                pytest.param("coreml", marks=needs("coremltools"))]
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return tiny_dataset(tmp_path_factory.mktemp("data"))
@@ -128,9 +134,7 @@ def test_yolo26_exports_predict_what_pytorch_predicts(fmt, yolo26, data):
         assert_same_detections(want_image, got_image)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
-                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
-                                 pytest.param("coreml", marks=needs("coremltools"))])
+@pytest.mark.parametrize("fmt", EVERY_FORMAT)
 def test_carafe_down_exports_predict_what_pytorch_predicts(fmt, yolo11_both, data):
     exported = export(yolo11_both, fmt)
     if fmt == "coreml":  # converts; running it needs macOS
@@ -337,16 +341,23 @@ def openvino_in_float32(monkeypatch):
     monkeypatch.setattr(openvino, "Core", Float32Core)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
-                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
-                                 pytest.param("coreml", marks=needs("coremltools"))])
-def test_seg_exports_predict_the_boxes_and_masks_pytorch_predicts(fmt, yolo11_seg, seg_data, request):
-    exported = export(yolo11_seg, fmt, imgsz=SEG_IMGSZ)
-    if fmt == "coreml":  # converts; running it needs macOS
+def export_to_run(checkpoint: Path, fmt: str, imgsz: int, request) -> str | None:
+    """:func:`export` at ``imgsz``, ready to compare with PyTorch: None for CoreML, checked to have converted (running
+    it needs macOS); OpenVINO set to run in float32 (``openvino_in_float32``)."""
+    exported = export(checkpoint, fmt, imgsz=imgsz)
+    if fmt == "coreml":
         assert (Path(exported) / "Manifest.json").is_file()
-        return
+        return None
     if fmt == "openvino":
         request.getfixturevalue("openvino_in_float32")
+    return exported
+
+
+@pytest.mark.parametrize("fmt", EVERY_FORMAT)
+def test_seg_exports_predict_the_boxes_and_masks_pytorch_predicts(fmt, yolo11_seg, seg_data, request):
+    exported = export_to_run(yolo11_seg, fmt, SEG_IMGSZ, request)
+    if exported is None:
+        return
     images = seg_images(seg_data)
     assert_same_instances(instances(yolo11_seg, images), instances(exported, images))
 
@@ -414,16 +425,11 @@ def pytorch_depth(checkpoint: Path, x: torch.Tensor) -> np.ndarray:
     return depth
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
-                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
-                                 pytest.param("coreml", marks=needs("coremltools"))])
+@pytest.mark.parametrize("fmt", EVERY_FORMAT)
 def test_depth_exports_compute_what_pytorch_computes(fmt, depth_model, request):
-    exported = export(depth_model, fmt, imgsz=DENSE_IMGSZ)
-    if fmt == "coreml":  # converts; running it needs macOS
-        assert (Path(exported) / "Manifest.json").is_file()
+    exported = export_to_run(depth_model, fmt, DENSE_IMGSZ, request)
+    if exported is None:
         return
-    if fmt == "openvino":
-        request.getfixturevalue("openvino_in_float32")
     x = dense_input(DENSE_IMGSZ)
     np.testing.assert_allclose(raw_outputs(exported, x), pytorch_depth(depth_model, x), rtol=DEPTH_RTOL, atol=0)
 
@@ -450,16 +456,11 @@ def assert_same_class_maps(want: np.ndarray, got: np.ndarray) -> None:
     assert (want == got).mean() >= SAME_PIXELS, (want == got).mean()
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", pytest.param("openvino", marks=needs("openvino")),
-                                 pytest.param("ncnn", marks=[needs("ncnn"), needs("pnnx")]),
-                                 pytest.param("coreml", marks=needs("coremltools"))])
+@pytest.mark.parametrize("fmt", EVERY_FORMAT)
 def test_semantic_exports_predict_the_class_map_pytorch_predicts(fmt, semantic_model, request):
-    exported = export(semantic_model, fmt, imgsz=DENSE_IMGSZ)
-    if fmt == "coreml":  # converts; running it needs macOS
-        assert (Path(exported) / "Manifest.json").is_file()
+    exported = export_to_run(semantic_model, fmt, DENSE_IMGSZ, request)
+    if exported is None:
         return
-    if fmt == "openvino":
-        request.getfixturevalue("openvino_in_float32")
     x = dense_input(DENSE_IMGSZ)
     got = raw_outputs(exported, x)
     if fmt in ("onnx", "openvino"):  # the class map baked in, as the stock head bakes it
