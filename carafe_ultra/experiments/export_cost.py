@@ -123,9 +123,9 @@ def export_cost(model: str = "yolov8n.yaml", imgsz: int = 640, repeats: int = 40
                 runtimes: tuple[str, ...] = RUNTIMES, profile: bool = False, heads: bool | str = False) -> dict:
     """Export ``model`` with nearest upsampling and with CARAFE (untrained: weights do not change the cost; with
     ``heads`` CARAFE in the task head's own upsampling too (a segmentation head's mask branch, the semantic or depth
-    decoder), or with ``heads="only"`` there alone, the stock model against it) for each of ``runtimes``; count the ONNX nodes (and the INT8 model's FakeQuantize nodes); time
-    one image (batch 1) in each runtime on the CPU as the module docstring says; with ``profile``, ONNX Runtime's
-    per-operator profile of the CARAFE model."""
+    decoder), or with ``heads="only"`` there alone, the stock model against it) for each of ``runtimes``; count the
+    ONNX nodes (and the INT8 model's FakeQuantize nodes); time one image (batch 1) in each runtime on the CPU as the
+    module docstring says; with ``profile``, ONNX Runtime's per-operator profile of the CARAFE model."""
     import onnx
 
     unknown = sorted(set(runtimes) - set(RUNTIMES))
@@ -182,7 +182,7 @@ def int8_accuracy(weights: list[str], data: str, imgsz: int | None = None) -> li
     ``yolo export format=openvino int8=True data=...`` does), both validated on ``data``'s validation split at
     ``imgsz`` (default: the size each was trained at): the figures of its task (:mod:`.tasks`: mAP50 and mAP50-95
     for detection, pixel accuracy and mIoU for semantic segmentation, ...), and what INT8 loses on the task's own
-    (``int8_loss_<figure>``, FP32 minus INT8: negative where INT8 did better, or for errors such as AbsRel)."""
+    (``int8_loss_<figure>``: FP32 minus INT8)."""
     from .tasks import TASKS
 
     results = []
