@@ -175,3 +175,15 @@ def test_command_line_reports_wrong_input_as_a_usage_error(argv, message, capsys
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.match(rf"python -m carafe_ultra {argv[0]}: error: {message}", error), error
+
+
+def test_int8_accuracy_refuses_a_classifier_before_exporting(tmp_path, capsys):
+    from ultralytics import YOLO
+
+    YOLO("yolo26n-cls.yaml").save(tmp_path / "classifier.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["benchmark", "--int8-accuracy", str(tmp_path / "classifier.pt"), "--data", "d.yaml"])
+    assert exit_info.value.code == 2
+    message = "classifier.pt is a classify model; --int8-accuracy validates detect, segment, semantic, depth, pose, obb"
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("*openvino*"))

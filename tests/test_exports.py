@@ -25,7 +25,7 @@ from carafe_ultra import convert_yaml, model_yaml
 from carafe_ultra.experiments import export_parity
 from carafe_ultra.experiments.export_parity import confident, match_detections
 from carafe_ultra.integration import ultralytics_model
-from tests.ultralytics_helpers import tiny_dataset, yolo
+from tests.ultralytics_helpers import tiny_dataset, tiny_seg_dataset, yolo
 
 BOX_TOLERANCE = 0.5  # pixels
 SCORE_TOLERANCE = 0.01
@@ -286,8 +286,6 @@ SEG_IMGSZ = 128
 
 @pytest.fixture(scope="module")
 def seg_data(tmp_path_factory):
-    from tests.ultralytics_helpers import tiny_seg_dataset
-
     return tiny_seg_dataset(tmp_path_factory.mktemp("seg-data"))
 
 
@@ -483,8 +481,6 @@ def test_openvino_int8_dense_exports_run_and_keep_the_reassembly_in_floating_poi
     """Calibrated on the generated set of the task; CARAFE layers: the neck's two, and the semantic head's one or the
     depth decoder's three."""
     import openvino
-
-    from tests.ultralytics_helpers import tiny_seg_dataset
 
     checkpoint = request.getfixturevalue(f"{task}_model")
     model = int8_model(export_int8(checkpoint, tiny_seg_dataset(tmp_path, task), imgsz=DENSE_IMGSZ), carafe_layers)

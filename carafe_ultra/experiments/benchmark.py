@@ -510,7 +510,10 @@ def main(args: argparse.Namespace) -> None:
                              profile=args.profile, heads=args.heads)
         print(format_export_cost(result))
     elif args.int8_accuracy:
-        result = int8_accuracy(args.int8_accuracy, args.data, args.imgsz)
+        try:
+            result = int8_accuracy(args.int8_accuracy, args.data, args.imgsz)
+        except ValueError as error:  # a checkpoint of a task without figures, found before any export
+            args.error(str(error))
         print(format_int8_accuracy(result))
     else:
         case = Case(n=1, channels=32, height=16, width=16) if args.small else Case()

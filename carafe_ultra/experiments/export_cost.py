@@ -185,6 +185,10 @@ def int8_accuracy(weights: list[str], data: str, imgsz: int | None = None) -> li
     (``int8_loss_<figure>``: FP32 minus INT8)."""
     from .tasks import TASKS
 
+    for path in weights:  # before any export: a task without figures to read (classify) fails at once
+        task = ultralytics_model(path).task
+        if task not in TASKS:
+            raise ValueError(f"{path} is a {task} model; --int8-accuracy validates {', '.join(TASKS)} models")
     results = []
     for path in map(Path, weights):
         with tempfile.TemporaryDirectory() as folder:
