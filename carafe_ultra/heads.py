@@ -6,7 +6,8 @@ a transposed convolution).
   P4 and P5 up to P3 with nearest ``F.interpolate`` (×2, ×4). ``SegmentUp``, ``Segment26Up``, ``YOLOESegmentUp`` and
   ``YOLOESegment26Up`` do every one of these upsamplings (the mask branch) with the upsampler their row names.
 - Semantic segmentation: ``SemanticSegment`` brings its stride-8 logits to the image with a fixed ×8 bilinear resize
-  (in the loss, the validator and the export); ``SemanticSegmentUp`` does it with the upsampler (its decoder).
+  (in the loss, the validator and the export); ``SemanticSegmentUp`` starts it with the upsampler (its decoder: ×2
+  unless its row says otherwise), and bilinear does the rest.
 - Depth: ``Depth`` decodes P5 -> P4 -> P3 with bilinear ×2 resizes, then a learned 2× ``ConvTranspose2d``;
   ``DepthUp`` does all of them with the upsampler.
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -59,12 +60,31 @@ HEAD_ROWS: dict[str, HeadRow] = {
 }
 
 
+def check_options(options: object, part: str) -> None:
+    """Raise ``ValueError`` unless a head row's upsampler ``options`` are a mapping (or None)."""
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"{part} upsampler options must be a mapping such as {{kernel_size: 3}}, got {options!r}")
+
+
+class _RowOptions:
+    """What our heads share: the options their upsampler is built with, a row's over the head's defaults."""
+
+    DEFAULT_OPTIONS: ClassVar[dict[str, dict[str, object]]] = {}  # by upsampler name: keyword arguments of its module
+    HEAD_OPTIONS: ClassVar[dict[str, object]] = {}  # the head's own options, whatever the upsampler
+
+    @classmethod
+    def row_options(cls, upsampler: str, options: Mapping[str, object] | None) -> dict[str, object]:
+        """The options of a row that names ``upsampler`` with ``options``: the row's over the head's defaults for
+        it; raises ``ValueError`` if ``options`` is no mapping."""
+        check_options(options, HEAD_ROWS[cls.__name__].part)
+        return {**cls.HEAD_OPTIONS, **cls.DEFAULT_OPTIONS.get(upsampler, {}), **(options or {})}
+
+
 def head_upsampler(name: str, options: Mapping[str, object] | None, channels: int, scale: int,
                    part: str = "mask branch") -> nn.Module:
     """The upsampler ``name`` of the table (with ``options`` for our modules) for ``channels`` channels at ``scale``
     in the head's ``part``; raises ``ValueError`` saying which upsampling of which part it could not build."""
-    if options is not None and not isinstance(options, Mapping):
-        raise ValueError(f"{part} upsampler options must be a mapping such as {{kernel_size: 3}}, got {options!r}")
+    check_options(options, part)
     try:
         return table_entry(name).build(channels, scale, options)
     except (TypeError, ValueError) as error:
@@ -72,13 +92,18 @@ def head_upsampler(name: str, options: Mapping[str, object] | None, channels: in
                          f"{error}") from None
 
 
-class _MaskUpsampling:
-    """What the heads share: their mask branch rebuilt around the upsampler of their row."""
+class _MaskUpsampling(_RowOptions):
+    """What the heads share: their mask branch rebuilt around the upsampler of their row. Unless the row says
+    otherwise (:attr:`DEFAULT_OPTIONS`), CARAFE reassembles 3×3 windows there: trained, its 5×5 kernels became nearly
+    one-hot (sub-pixel placement, not blending), and the 3×3 ones keep the exported YOLO11n-seg within 1.1× of the
+    stock model in OpenVINO (docs/exports.md)."""
 
+    DEFAULT_OPTIONS: ClassVar[dict[str, dict[str, object]]] = {"carafe": {"kernel_size": 3}}
     proto_class: type[nn.Module] | None = None  # the YOLO26 heads: Proto26Up, which holds all three upsamplings
 
     def _use_upsampler(self, upsampler: str, options: Mapping[str, object] | None, ch: tuple, nc: int) -> None:
-        self.upsampler, self.upsampler_options = upsampler, dict(options or {})
+        options = self.row_options(upsampler, options)
+        self.upsampler, self.upsampler_options = upsampler, options
         if self.proto_class is not None:
             self.proto = self.proto_class(ch, self.npr, self.nm, nc, upsampler, options)
         else:
@@ -184,38 +209,53 @@ def head_classes() -> dict[str, type[nn.Module]]:
 
     if hasattr(head, "SemanticSegment"):
 
-        class SemanticSegmentUp(head.SemanticSegment):
-            """``SemanticSegment`` (YOLO26-sem) whose stride-8 logits reach the image through ``upsampler`` (×8)
-            instead of a fixed bilinear resize: in training (the aux head's P4 logits stay as they are), in eval and
-            in exports, which still bake the argmax class map where the stock head does. The logits, not the
-            features, are upsampled: ``nc`` channels instead of P3's, and the classifier stays at stride 8.
+        class SemanticSegmentUp(_RowOptions, head.SemanticSegment):
+            """``SemanticSegment`` (YOLO26-sem) whose stride-8 logits reach the image through ``upsampler`` instead of
+            the fixed ×8 bilinear resize alone: the upsampler brings them ×``scale`` (2 unless the row says otherwise),
+            then a bilinear resize does the rest, as the stock head's. It does so in training (the aux head's P4 logits
+            stay as they are), in eval and in exports, which still bake the argmax class map where the stock head does.
+            The logits, not the features, are upsampled: ``nc`` channels instead of P3's, and the classifier stays at
+            stride 8.
 
-            Unless the row says otherwise (:attr:`DEFAULT_OPTIONS`): CARAFE at ×8 predicts 64·k² mask logits per input
-            pixel, so its mask encoder is a 1×1 conv from 16 compressed channels (docs/ultralytics.md gives the
-            costs); DySample takes one offset group, since the classes need not divide into its default 4.
+            Unless the row says otherwise (``scale`` and :attr:`DEFAULT_OPTIONS`), CARAFE brings the logits ×2 with
+            3×3 kernels predicted by a 1×1 encoder from 16 compressed channels: the ×8 CARAFE to the image with 5×5
+            kernels cost the exported model 1.7-2.6× the stock one and learned blurred kernels (docs/ultralytics.md
+            gives both). DySample takes one offset group, since the classes need not divide into its default 4.
 
             Args:
                 nc, ch: as ``SemanticSegment``'s (``parse_model`` sets ch).
                 upsampler (str): a name of :data:`carafe_ultra.upsamplers.UPSAMPLERS`. Default: ``"carafe"``.
-                options (dict, optional): keyword arguments of our upsampler module, over :data:`DEFAULT_OPTIONS`.
+                options (dict, optional): ``scale`` (2, 4 or 8), and keyword arguments of our upsampler module, over
+                    :data:`DEFAULT_OPTIONS`.
 
             Shape:
                 [P3 (N, ch[0], H/8, W/8), P4 (N, ch[1], H/16, W/16)] -> logits (N, nc, H, W) (training: with the
                 aux logits (N, nc, H/16, W/16)); exported to ONNX/OpenVINO/MNN: the class map (N, H, W).
             """
 
-            DEFAULT_OPTIONS = {"carafe": {"encoder_kernel": 1, "compressed_channels": 16}, "dysample": {"groups": 1}}
+            DEFAULT_OPTIONS: ClassVar[dict[str, dict[str, object]]] = {
+                "carafe": {"kernel_size": 3, "encoder_kernel": 1, "compressed_channels": 16}, "dysample": {"groups": 1}}
+            HEAD_OPTIONS: ClassVar[dict[str, object]] = {"scale": 2}
+            SCALES = (2, 4, 8)  # how far the upsampler may bring the stride-8 logits; bilinear does the rest
+            scale = 8  # what checkpoints saved before the scale option unpickle to: their decoders upsampled ×8
 
             def __init__(self, nc: int = 19, upsampler: str = "carafe", options: Mapping[str, object] | None = None,
                          ch: tuple = ()) -> None:
                 super().__init__(nc, ch)
-                if options is None or isinstance(options, Mapping):
-                    options = {**self.DEFAULT_OPTIONS.get(upsampler, {}), **(options or {})}
+                part = HEAD_ROWS["SemanticSegmentUp"].part
+                options = self.row_options(upsampler, options)
                 self.upsampler, self.upsampler_options = upsampler, options
-                self.upsample = head_upsampler(upsampler, options, nc, 8, HEAD_ROWS["SemanticSegmentUp"].part)
+                self.scale = options["scale"]
+                if self.scale not in self.SCALES:
+                    raise ValueError(f"{part}: scale must be one of {self.SCALES} (how far {upsampler} brings the "
+                                     f"stride-8 logits; a bilinear resize does the rest), got {self.scale!r}")
+                module_options = {name: value for name, value in options.items() if name != "scale"}
+                self.upsample = head_upsampler(upsampler, module_options, nc, self.scale, part)
 
             def forward(self, x: list[Tensor]) -> Tensor | tuple[Tensor, Tensor]:
-                logits = self.upsample(self.classifier(x[0]))  # (N, nc, H, W)
+                logits = self.upsample(self.classifier(x[0]))  # (N, nc, H·scale/8, W·scale/8)
+                if self.scale < 8:  # the rest as the stock head's resize
+                    logits = F.interpolate(logits, scale_factor=8 // self.scale, mode="bilinear", align_corners=False)
                 if self.training:
                     return (logits, self.aux_head(x[1])) if self.aux_head is not None else logits
                 if self.export and (self.format in {"onnx", "mnn", "openvino"}
@@ -228,7 +268,7 @@ def head_classes() -> dict[str, type[nn.Module]]:
 
     if hasattr(head, "Depth"):
 
-        class DepthUp(head.Depth):
+        class DepthUp(_RowOptions, head.Depth):
             """``Depth`` (YOLO26-depth) whose decoder upsamples with ``upsampler``: the top-down ×2 steps (``lifts``,
             bilinear resizes there) and the 2× ``ConvTranspose2d`` of its output head (``head[1]``). The calibration
             buffers and the export's ×4 resize to the image are the stock head's.
@@ -247,7 +287,8 @@ def head_classes() -> dict[str, type[nn.Module]]:
                          options: Mapping[str, object] | None = None, ch: tuple = ()) -> None:
                 super().__init__(c_mid, ch)
                 part = HEAD_ROWS["DepthUp"].part
-                self.upsampler, self.upsampler_options = upsampler, dict(options or {})
+                options = self.row_options(upsampler, options)
+                self.upsampler, self.upsampler_options = upsampler, options
                 self.lifts = nn.ModuleList(head_upsampler(upsampler, options, c_mid, 2, part) for _ in ch[:-1])
                 self.head[1] = head_upsampler(upsampler, options, c_mid // 2, 2, part)
 

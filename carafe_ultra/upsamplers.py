@@ -71,6 +71,14 @@ class Upsampler:
             args[names.index(name)] = value
         return args
 
+    def module_defaults(self) -> dict[str, object]:
+        """Every keyword argument of our module class after c1 and c2 (which come from the model), with its default;
+        empty for torch's own modules."""
+        if self.module_class is None:
+            return {}
+        parameters = list(inspect.signature(self.module_class).parameters.values())[2:]
+        return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
     def build(self, channels: int, scale: int = 2, options: Mapping[str, object] | None = None) -> nn.Module:
         """The module a row of this upsampler builds for an input of ``channels`` channels (kept) and ``scale``,
         made the way ``parse_model`` makes it from :meth:`yaml_args`: strings read as literals where they are one

@@ -178,6 +178,22 @@ def convert_yaml(
     return str(out)
 
 
+def head_row_options(model: str | Path, upsampler_name: str, options: dict | None = None) -> dict:
+    """The options the task head of ``model``, converted with ``heads=upsampler_name`` and ``head_options=options``,
+    builds its upsampler with: every keyword argument of the upsampler's module (defaults included), the head's own
+    defaults (:mod:`carafe_ultra.heads`) and ``options`` over them. Empty for a model with no such head."""
+    import yaml
+
+    from .heads import head_classes
+
+    rows = yaml.safe_load(find_model_yaml(model).read_text()).get("head") or []
+    module = rows[-1][2] if rows else None
+    ours = HEAD_TWINS[module][0] if module in HEAD_TWINS else module
+    if ours not in HEAD_ROWS:
+        return {}
+    return {**upsampler(upsampler_name).module_defaults(), **head_classes()[ours].row_options(upsampler_name, options)}
+
+
 def _suffix(upsampler_name: str | None, downsample: bool, head_name: str | None = None) -> str:
     neck = upsampler_name
     if downsample:

@@ -25,10 +25,12 @@ from carafe_ultra.experiments.ablation import (
     experiment_record,
     latencies_ms,
     latency_device,
+    parse_arm,
     pretrained_base,
     recipe,
     run_ablation,
 )
+from carafe_ultra.heads import head_classes
 from carafe_ultra.integration import ultralytics_model
 from carafe_ultra.upsamplers import UPSAMPLERS
 from tests.ultralytics_helpers import tiny_dataset, tiny_seg_dataset
@@ -433,6 +435,21 @@ def test_a_rerun_with_other_settings_stops_naming_each_and_both_values(tmp_path,
     with pytest.raises(SettingsChanged, match=r"--arms carafe:kernel_size=3: upsampler=carafe, kernel_size=3, .*"
                                               r"compressed_channels=32, .* when started, .*compressed_channels=64"):
         check_same_experiment(tmp_path / "arms", experiment_record(options))
+
+
+def test_head_arms_record_every_option_their_head_builds_its_upsampler_with(monkeypatch):
+    arm = parse_arm("carafe-head:compressed_channels=16")
+    seg = arm.definition("yolo11n-seg.yaml")
+    assert seg["head"] == "carafe" and seg["upsampler"] == "nearest"
+    # CARAFE's own defaults, the mask branch's 3×3 kernels, the arm's option
+    assert {k: seg["head_options"][k] for k in ("encoder_kernel", "kernel_size", "compressed_channels")} == {
+        "encoder_kernel": 3, "kernel_size": 3, "compressed_channels": 16}
+    semantic = arm.definition("yolo26n-sem.yaml")["head_options"]
+    assert semantic["scale"] == 2 and semantic["kernel_size"] == 3 and semantic["encoder_kernel"] == 1
+    assert "head_options" not in parse_arm("carafe").definition("yolo11n-seg.yaml")
+    segment_head = head_classes()["SegmentUp"]
+    monkeypatch.setattr(segment_head, "DEFAULT_OPTIONS", {"carafe": {"kernel_size": 5}})  # as if a release changed it
+    assert arm.definition("yolo11n-seg.yaml")["head_options"]["kernel_size"] == 5  # and a resume would be refused
 
 
 def test_restart_starts_the_folder_over(tmp_path, data, capsys):

@@ -25,7 +25,8 @@ from tests.ultralytics_helpers import COMMON, STOCK_MODELS, output_shapes, tiny_
 STOCK = {"semantic": STOCK_MODELS / "26" / "yolo26-sem.yaml", "depth": STOCK_MODELS / "26" / "yolo26-depth.yaml"}
 SCALES = list(yaml.safe_load(STOCK["depth"].read_text())["scales"])
 IMAGE = 64
-SEMANTIC_DEFAULTS = {"carafe": {"encoder_kernel": 1, "compressed_channels": 16}, "dysample": {"groups": 1}}
+SEMANTIC_DEFAULTS = {"carafe": {"kernel_size": 3, "encoder_kernel": 1, "compressed_channels": 16},
+                     "dysample": {"groups": 1}}
 
 
 def network(name, tmp_path=None, **conversion):
@@ -66,8 +67,8 @@ def test_every_upsampler_in_the_decoder_keeps_the_outputs(task, upsampler, tmp_p
     stock = network(name)
     for mode in ("eval", "train"):
         assert outputs(ours, mode) == expected_shapes(outputs(stock, mode), task)
-    if task == "semantic":  # the classes need not divide into DySample's 4 groups; CARAFE's ×8 encoder is 1×1
-        assert head.upsampler_options == SEMANTIC_DEFAULTS.get(upsampler, {})
+    if task == "semantic":  # the classes need not divide into DySample's 4 groups; CARAFE's is 3×3 from a 1×1 encoder
+        assert head.upsampler_options == {"scale": 2, **SEMANTIC_DEFAULTS.get(upsampler, {})}
     else:
         assert len(head.lifts) == 2
 
@@ -75,8 +76,22 @@ def test_every_upsampler_in_the_decoder_keeps_the_outputs(task, upsampler, tmp_p
 def test_row_options_override_the_semantic_defaults(tmp_path):
     path = convert_yaml("yolo26n-sem.yaml", None, tmp_path, heads="carafe", head_options={"compressed_channels": 32})
     upsample = network(path).model[-1].upsample
-    assert isinstance(upsample, CARAFE) and upsample.up_factor == 8
+    assert isinstance(upsample, CARAFE) and upsample.up_factor == 2
     assert upsample.compressor.out_channels == 32 and upsample.encoder.kernel_size == (1, 1)
+    assert upsample.kernel_size == 3
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+def test_the_semantic_decoder_upsamples_by_its_scale_then_bilinear_to_the_image(scale, tmp_path):
+    path = convert_yaml("yolo26n-sem.yaml", None, tmp_path, heads="carafe", head_options={"scale": scale})
+    head = network(path).model[-1].eval()
+    assert head.upsample.up_factor == scale and head.upsampler_options["scale"] == scale
+    x = head_inputs(head, "semantic")
+    with torch.no_grad():
+        near = head.upsample(head.classifier(x[0]))
+        assert near.shape == (2, 19, 8 * scale, 8 * scale)
+        expected = torch.nn.functional.interpolate(near, size=(64, 64), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(head(x), expected)
 
 
 @pytest.mark.parametrize("task,new,gone", [
@@ -99,11 +114,12 @@ def test_stock_weights_transfer_into_every_layer_but_the_new_upsamplers(task, ne
 
 
 @pytest.mark.parametrize("task,reassembled", [
-    # At 64 px, beside the neck's CARAFEs (256 channels 2x2 -> 4x4, 128 channels 4x4 -> 8x8): the semantic decoder
-    # brings 19 class logits from 8x8 to 64x64; the depth decoder (c_mid 256) lifts P5 2x2 -> 4x4 and P4 4x4 -> 8x8,
-    # then its head's 128 channels 8x8 -> 16x16. 25 multiply-adds per output value (k=5), 2 FLOPs each.
-    ("semantic", 256 * 16 + 128 * 64 + 19 * 64 * 64),
-    ("depth", 256 * 16 + 128 * 64 + 256 * 16 + 256 * 64 + 128 * 256),
+    # At 64 px, beside the neck's CARAFEs (256 channels 2x2 -> 4x4, 128 channels 4x4 -> 8x8, k=5: 25 multiply-adds per
+    # output value): the semantic decoder brings 19 class logits from 8x8 to 16x16 (k=3: 9; bilinear does the rest);
+    # the depth decoder (c_mid 256, k=5) lifts P5 2x2 -> 4x4 and P4 4x4 -> 8x8, then its head's 128 channels
+    # 8x8 -> 16x16. 2 FLOPs per multiply-add.
+    ("semantic", 25 * (256 * 16 + 128 * 64) + 9 * 19 * 16 * 16),
+    ("depth", 25 * (256 * 16 + 128 * 64 + 256 * 16 + 256 * 64 + 128 * 256)),
 ])
 def test_flops_count_the_decoders_reassembly(task, reassembled):
     thop_profile = importlib.import_module("thop.profile")
@@ -114,7 +130,7 @@ def test_flops_count_the_decoders_reassembly(task, reassembled):
         without_rule = get_flops(model, imgsz=IMAGE)
     finally:
         thop_profile.register_hooks[CARAFE] = rule
-    assert with_rule - without_rule == pytest.approx(2 * 25 * reassembled / 1e9, rel=1e-6)
+    assert with_rule - without_rule == pytest.approx(2 * reassembled / 1e9, rel=1e-6)
 
 
 def head_inputs(head, task):
@@ -130,7 +146,8 @@ def test_the_semantic_export_bakes_the_class_map_of_the_upsampled_logits(tmp_pat
     with torch.no_grad():
         logits = head(x)
         assert logits.shape == (2, 19, 64, 64)
-        torch.testing.assert_close(logits, head.upsample(head.classifier(x[0])))
+        torch.testing.assert_close(logits, torch.nn.functional.interpolate(
+            head.upsample(head.classifier(x[0])), scale_factor=4, mode="bilinear", align_corners=False))
         head.export = True
         for export_format, expected in [("onnx", logits.argmax(1).to(torch.uint8)), ("openvino", None),
                                         ("torchscript", logits)]:
@@ -180,7 +197,9 @@ def test_the_decoders_compile_without_a_graph_break(task, tmp_path):
     ("1, Depth, [256]", "[256, carafe, {groups: 3}]", r"depth decoder: carafe \{'groups': 3\} for 256 channels ×2"),
     ("1, SemanticSegment, [nc]", "[nc, carafe, {}, 1]",
      r"args must be SemanticSegment's 1 arguments, then the semantic decoder's upsampler"),
-    ("1, SemanticSegment, [nc]", "[nc, eucb, {bogus: 1}]", r"semantic decoder: eucb \{'bogus': 1\} for 19 channels ×8"),
+    ("1, SemanticSegment, [nc]", "[nc, eucb, {bogus: 1}]", r"semantic decoder: eucb \{'bogus': 1\} for 19 channels ×2"),
+    ("1, SemanticSegment, [nc]", "[nc, carafe, {scale: 16}]",
+     r"semantic decoder: scale must be one of \(2, 4, 8\) \(how far carafe brings the stride-8 logits"),
 ])
 def test_a_wrong_head_row_is_an_error_naming_the_layer(row, args, pattern, tmp_path):
     stock = STOCK["depth" if "Depth" in row else "semantic"]

@@ -131,9 +131,11 @@ def test_flops_count_the_mask_branch_reassembly(tmp_path):
         without_rule = get_flops(network, imgsz=64)
     finally:
         thop_profile.register_hooks[CARAFE] = rule
-    # At 64 px: layer 10's CARAFE brings 256 channels from 2x2 to 4x4, layer 13's 128 from 4x4 to 8x8, and the mask
-    # branch 64 prototype channels from 8x8 to 16x16; 25 multiply-adds per output value (k=5), 2 FLOPs each.
-    assert with_rule - without_rule == pytest.approx(2 * 25 * (256 * 16 + 128 * 64 + 64 * 256) / 1e9, rel=1e-6)
+    # At 64 px: layer 10's CARAFE brings 256 channels from 2x2 to 4x4, layer 13's 128 from 4x4 to 8x8 (k=5: 25
+    # multiply-adds per output value), and the mask branch 64 prototype channels from 8x8 to 16x16 (k=3: 9); 2 FLOPs
+    # per multiply-add.
+    reassembled = 25 * (256 * 16 + 128 * 64) + 9 * 64 * 256
+    assert with_rule - without_rule == pytest.approx(2 * reassembled / 1e9, rel=1e-6)
 
 
 @pytest.mark.parametrize("model", ["yolo11n-seg.yaml", "yolo26n-seg.yaml"])
@@ -159,8 +161,9 @@ def test_the_mask_branch_compiles_without_a_graph_break(model, tmp_path):
     ("[nc, 32, 256, pixelshuffle]", r"unknown mask branch upsampler 'pixelshuffle'; choose from nearest, bilinear"),
     ("[nc, 32, 256, carafe, 3]", r"the upsampler's options must be a mapping such as \{kernel_size: 3\}, got 3"),
     ("[nc, 32]", r"args must be Segment's 3 arguments, then the mask branch's upsampler"),
-    ("[nc, 32, 256, carafe, {groups: 3}]", r"mask branch: carafe \{'groups': 3\} for 64 channels ×2: .*groups"),
-    ("[nc, 32, 256, carafe, {bogus: 1}]", r"mask branch: carafe \{'bogus': 1\} .*carafe options must be among"),
+    ("[nc, 32, 256, carafe, {groups: 3}]",  # the mask branch's default kernel size shown with the row's options
+     r"mask branch: carafe \{'kernel_size': 3, 'groups': 3\} for 64 channels ×2: .*groups"),
+    ("[nc, 32, 256, carafe, {bogus: 1}]", r"mask branch: carafe \{'kernel_size': 3, 'bogus': 1\} .*carafe options must be"),
 ])
 def test_a_wrong_head_row_is_an_error_naming_the_layer(args, pattern, tmp_path):
     text = (STOCK_MODELS / "11" / "yolo11-seg.yaml").read_text().replace("1, Segment, [nc, 32, 256]",
@@ -192,9 +195,10 @@ def test_heads_names_and_errors_of_the_converter(tmp_path):
                      "yolo11n-seg-dysample-head.yaml"}
     again = convert_yaml(tmp_path / "yolo11n-seg-carafe-head.yaml", "eucb", tmp_path, heads=True)  # ours, converted
     assert Path(again).name == "yolo11n-seg-eucb-head.yaml" and head_row(again) == ["SegmentUp", ["nc", 32, 256, "eucb"]]
-    options = convert_yaml("yolo11n-seg.yaml", None, tmp_path, heads="carafe", head_options={"kernel_size": 3})
-    assert head_row(options)[1] == ["nc", 32, 256, "carafe", {"kernel_size": 3}]
-    assert built(options).model[-1].proto.upsample.kernel_size == 3
+    assert built(tmp_path / "yolo11n-seg-carafe-head.yaml").model[-1].proto.upsample.kernel_size == 3  # the default
+    options = convert_yaml("yolo11n-seg.yaml", None, tmp_path, heads="carafe", head_options={"kernel_size": 5})
+    assert head_row(options)[1] == ["nc", 32, 256, "carafe", {"kernel_size": 5}]
+    assert built(options).model[-1].proto.upsample.kernel_size == 5
     with pytest.raises(ValueError, match="--heads gives the task head the upsampler of --upsampler: name one"):
         convert_yaml("yolo11n-seg.yaml", None, tmp_path, heads=True)
     with pytest.raises(ValueError, match="unknown upsampler 'bogus'"):

@@ -17,7 +17,6 @@ import ast
 import copy
 import functools
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from ..integration import ultralytics_model
 from ..downsample import CARAFEDown
 from ..module import CARAFE
 from ..upsamplers import UPSAMPLERS, Upsampler, upsampler
-from ..yamls import convert_yaml
+from ..yamls import convert_yaml, head_row_options
 from . import grid, resume
 from .atomic import replaced_atomically, write_text_atomically
 from .data_check import check_data
@@ -152,16 +151,15 @@ class Arm:
         """The spec as a file name: ``carafe:kernel_size=3`` -> ``carafe-kernel_size-3``."""
         return re.sub(r"[^\w.]+", "-", self.spec).strip("-")
 
-    def definition(self) -> dict:
-        """What the arm trains: its upsampler and every option of our module (defaults included, so that a release
-        that changes one is seen), whether the neck's strided Convs are CARAFEDown, and the head's upsampler
-        of the head arms."""
-        options = {}
-        if self.upsampler.module_class is not None:  # after c1 and c2, which come from the model
-            parameters = list(inspect.signature(self.upsampler.module_class).parameters.values())[2:]
-            options = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
-        return {"upsampler": self.upsampler.name, **options, **self.options, "downsample": self.downsample,
-                **({"head": self.head} if self.head else {})}
+    def definition(self, model: str) -> dict:
+        """What the arm trains on ``model``: its upsampler and every option of our module (defaults included, so that
+        a release that changes one is seen), whether the neck's strided Convs are CARAFEDown, and for the head arms
+        the head's upsampler with every option the head builds it with (the head's defaults included too)."""
+        head = {}
+        if self.head:
+            head = {"head": self.head, "head_options": head_row_options(model, self.head, self.options)}
+        return {"upsampler": self.upsampler.name, **self.upsampler.module_defaults(), **self.options,
+                "downsample": self.downsample, **head}
 
     def yaml(self, model: str, folder: Path) -> str:
         """Write the arm's model YAML (``model`` converted) into ``folder``; its path."""
@@ -249,7 +247,7 @@ def experiment_record(settings: Settings) -> dict:
             for chunk in iter(lambda: weights.read(1 << 20), b""):
                 digest.update(chunk)
         record["weights"] = f"sha256 {digest.hexdigest()[:16]}"
-    record["arms"] = {spec: parse_arm(spec).definition() for spec in settings.arms}
+    record["arms"] = {spec: parse_arm(spec).definition(settings.model) for spec in settings.arms}
     return record
 
 

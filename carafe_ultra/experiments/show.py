@@ -10,7 +10,7 @@ reassembly beside strided sampling of its input (centre weight 1); for every DyS
 pixels sample the input (arrows from each output pixel to its sampling point) and how far. Upsamplers inside a task
 head (:mod:`carafe_ultra.heads`) are layers too, named after their place: a segmentation head's mask branch
 (``23.proto.upsample``, ``23.proto.lifts.0``, whose row also shows the prototypes the mask branch made), a semantic
-head's decoder (``17.upsample``, the logits' ×8), a depth head's (``23.lifts.0``, ``23.head.1``). Without boxes to
+head's decoder (``17.upsample``, the logits' first ×2), a depth head's (``23.lifts.0``, ``23.head.1``). Without boxes to
 look at (semantic and depth models, or no detection), the points are the centre and two points towards the corners.
 :func:`inspect_image` returns the arrays, :func:`draw` the figure, :func:`show` both.
 """
