@@ -187,10 +187,10 @@ def head_row_options(model: str | Path, upsampler_name: str, options: dict | Non
     from .heads import head_classes
 
     rows = yaml.safe_load(find_model_yaml(model).read_text()).get("head") or []
-    module = rows[-1][2] if rows else None
-    ours = HEAD_TWINS[module][0] if module in HEAD_TWINS else module
-    if ours not in HEAD_ROWS:
+    heads = [module for _, _, module, _ in rows if module in HEAD_TWINS or module in HEAD_ROWS]  # as convert_yaml finds
+    if not heads:
         return {}
+    ours = HEAD_TWINS[heads[0]][0] if heads[0] in HEAD_TWINS else heads[0]
     return {**upsampler(upsampler_name).module_defaults(), **head_classes()[ours].row_options(upsampler_name, options)}
 
 
