@@ -15,7 +15,7 @@ They subclass the stock heads, so the task, the loss, validation and the exports
 upsampler's name after the stock head's arguments, and optionally its options::
 
     - [[16, 19, 22], 1, SegmentUp, [nc, 32, 256, "carafe"]]                     # was: Segment, [nc, 32, 256]
-    - [[16, 19, 22], 1, SegmentUp, [nc, 32, 256, "carafe", {kernel_size: 3}]]
+    - [[16, 19, 22], 1, SegmentUp, [nc, 32, 256, "carafe", {kernel_size: 5}]]  # CARAFE's 5×5, not the default 3×3
     - [[16, 19, 22], 1, DepthUp, [256, "carafe"]]                                # was: Depth, [256]
 
 ``parse_model`` gives them the channels and arguments it gives the stock heads (``register`` teaches it so), so their
