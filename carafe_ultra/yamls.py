@@ -99,6 +99,11 @@ HEAD_SUFFIX, HEAD_ONLY_SUFFIX = "head", "head-only"
 HEAD_TWINS = {row.stock: (ours, row.position) for ours, row in HEAD_ROWS.items()}
 
 
+def _our_head(module: str) -> str | None:
+    """Our head that a row of ``module`` is or becomes with ``heads`` (``Segment`` -> ``SegmentUp``), else None."""
+    return HEAD_TWINS[module][0] if module in HEAD_TWINS else (module if module in HEAD_ROWS else None)
+
+
 def convert_yaml(
     model: str | Path, upsampler_name: str | None, out_dir: str | Path | None = None, options: dict | None = None,
     downsample: bool = False, heads: bool | str = False, head_options: dict | None = None,
@@ -143,7 +148,7 @@ def convert_yaml(
         stride = _neck_conv_stride(module, args) if index >= len(backbone) else None
         if downsample and stride is not None:
             downsampling[index] = [origin, repeats, DOWNSAMPLER, [args[0], DOWN_KERNEL_SIZE, stride]]
-        if head_entry is not None and (module in HEAD_TWINS or module in HEAD_ROWS):
+        if head_entry is not None and _our_head(module):
             heading[index] = _head_row(rows[index], head_entry.name, head_options)
     if entry is not None and not upsampling:
         modules = sorted({u.module for u in UPSAMPLERS.values() if u.scale_at is not None})
@@ -187,10 +192,9 @@ def head_row_options(model: str | Path, upsampler_name: str, options: dict | Non
     from .heads import head_classes
 
     rows = yaml.safe_load(find_model_yaml(model).read_text()).get("head") or []
-    heads = [module for _, _, module, _ in rows if module in HEAD_TWINS or module in HEAD_ROWS]  # as convert_yaml finds
-    if not heads:
+    ours = next(filter(None, (_our_head(module) for _, _, module, _ in rows)), None)  # as convert_yaml finds it
+    if ours is None:
         return {}
-    ours = HEAD_TWINS[heads[0]][0] if heads[0] in HEAD_TWINS else heads[0]
     return {**upsampler(upsampler_name).module_defaults(), **head_classes()[ours].row_options(upsampler_name, options)}
 
 
@@ -210,7 +214,7 @@ def _head_row(row: list, upsampler_name: str, options: dict | None) -> list:
     """A stock task head's row (or one of ours) as our head's row with ``upsampler_name`` (and ``options``) for its
     own upsampling: the stock head's arguments, then the upsampler, then its options if any."""
     origin, repeats, module, args = row
-    ours = HEAD_TWINS[module][0] if module in HEAD_TWINS else module
+    ours = _our_head(module)
     position = HEAD_ROWS[ours][1]
     return [origin, repeats, ours, [*args[:position], upsampler_name, *([dict(options)] if options else [])]]
 
